@@ -1,0 +1,42 @@
+# Every target does its own set-up from a fresh clone: a .venv with the CPU build of torch, credo and its
+# extras, then the data (Debian's dataset-fashion-mnist).
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.credo-installed
+FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+DEMO_OUT ?= runs/demo
+
+.PHONY: demo test bench env data lint clean
+
+env: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# torch first, pinned: 2.13.0 is the CPU build on this machine's disk; anything else pulls a CUDA build.
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+data: $(FMNIST)
+
+$(FMNIST):
+	$(SUDO) apt-get update -qq
+	$(SUDO) apt-get install -y -qq dataset-fashion-mnist
+
+demo: env data
+	$(VENV)/bin/credo demo --out $(DEMO_OUT)
+
+test: env data
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff format --check src tests benchmarks
+	$(PY) -m pytest
+
+bench: env data
+	$(PY) benchmarks/fit_overhead.py
+	$(PY) benchmarks/fashion_mnist_quality.py
+
+clean:
+	rm -rf $(VENV) runs

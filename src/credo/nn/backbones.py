@@ -1,0 +1,109 @@
+"""Backbones built from a small config, so a saved method can rebuild its network from ``cfg.json``.
+
+``FashionCNN`` is the Fashion-MNIST network of the DUQ paper (van Amersfoort et al., 2020): three
+convolution blocks of 64, 128 and 128 channels (3x3 convolutions, batch norm, 2x2 max-pool, ReLU) and a
+256-unit fully connected layer, then a linear head. ``MLP`` is a plain fully connected network for tabular
+data and toy problems.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Literal
+
+from torch import Tensor, nn
+
+
+@dataclass
+class BackboneConfig:
+    """What network to build."""
+
+    name: Literal["fashion_cnn", "mlp"] = "fashion_cnn"
+    """``fashion_cnn``: the DUQ paper's 28x28 CNN; ``mlp``: a fully connected network."""
+    in_shape: tuple[int, ...] = (1, 28, 28)
+    """Shape of one input, without the batch dimension."""
+    num_outputs: int = 10
+    """Width of the final linear layer (classes for a classifier, output dims for a regressor)."""
+    hidden: tuple[int, ...] = (256, 256)
+    """Hidden widths of the MLP (ignored by the CNN)."""
+    dropout: float = 0.0
+    """Dropout probability after every hidden block (MC dropout keeps it on at test time)."""
+
+    def __post_init__(self) -> None:
+        self.in_shape = tuple(self.in_shape)
+        self.hidden = tuple(self.hidden)
+        if self.name not in ("fashion_cnn", "mlp"):
+            raise ValueError(f"unknown backbone {self.name!r}; choose 'fashion_cnn' or 'mlp'")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.num_outputs < 1:
+            raise ValueError(f"num_outputs must be >= 1, got {self.num_outputs}")
+        if self.name == "fashion_cnn" and tuple(self.in_shape[1:]) != (28, 28):
+            raise ValueError(f"fashion_cnn takes [C, 28, 28] inputs, got in_shape={self.in_shape}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class FashionCNN(nn.Module):
+    """The DUQ paper's Fashion-MNIST CNN. ``features(x)`` gives the 256-d representation."""
+
+    feature_dim = 256
+
+    def __init__(self, in_channels: int = 1, num_outputs: int = 10, dropout: float = 0.0):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, 64, 3, padding=1)
+        self.bn1 = nn.BatchNorm2d(64)
+        self.conv2 = nn.Conv2d(64, 128, 3, padding=1)
+        self.bn2 = nn.BatchNorm2d(128)
+        self.conv3 = nn.Conv2d(128, 128, 3)  # 7x7 -> 5x5, pooled to 2x2
+        self.bn3 = nn.BatchNorm2d(128)
+        self.fc1 = nn.Linear(2 * 2 * 128, self.feature_dim)
+        self.drop = nn.Dropout(dropout)
+        self.head = nn.Linear(self.feature_dim, num_outputs)
+
+    def features(self, x: Tensor) -> Tensor:
+        """``[B, C, 28, 28] -> [B, 256]``."""
+        pool, relu = nn.functional.max_pool2d, nn.functional.relu
+        x = self.drop(relu(pool(self.bn1(self.conv1(x)), 2)))
+        x = self.drop(relu(pool(self.bn2(self.conv2(x)), 2)))
+        x = self.drop(relu(pool(self.bn3(self.conv3(x)), 2)))
+        return self.drop(relu(self.fc1(x.flatten(1))))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.features(x))
+
+
+class MLP(nn.Module):
+    """``in -> [Linear, ReLU, Dropout] x len(hidden) -> Linear(num_outputs)``; inputs are flattened."""
+
+    def __init__(self, in_features: int, hidden: tuple[int, ...], num_outputs: int, dropout: float = 0.0):
+        super().__init__()
+        layers: list[nn.Module] = []
+        width = in_features
+        for h in hidden:
+            layers += [nn.Linear(width, h), nn.ReLU(), nn.Dropout(dropout)]
+            width = h
+        self.body = nn.Sequential(*layers)
+        self.feature_dim = width
+        self.head = nn.Linear(width, num_outputs)
+
+    def features(self, x: Tensor) -> Tensor:
+        return self.body(x.flatten(1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.features(x))
+
+
+def build_backbone(cfg: BackboneConfig) -> nn.Module:
+    """Build the network ``cfg`` describes, with PyTorch's default initialisation under the current seed."""
+    if cfg.name == "fashion_cnn":
+        return FashionCNN(cfg.in_shape[0], cfg.num_outputs, cfg.dropout)
+    return MLP(math.prod(cfg.in_shape), cfg.hidden, cfg.num_outputs, cfg.dropout)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+

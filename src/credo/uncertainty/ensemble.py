@@ -1,0 +1,95 @@
+"""Deep ensembles (Lakshminarayanan et al., 2017) of any member method.
+
+``M`` members differ only in their random initialisation and data order (seed ``fit.seed + i``) and are
+trained independently, one after another; the prediction averages their distributions,
+``p(y | x) = (1/M) sum_i p_i(y | x)``. Each member checkpoints under ``checkpoint_dir/member_i``, so an
+interrupted ensemble resumes at the member (and epoch) it was on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Self
+
+import torch
+from torch import Tensor, nn
+
+from credo.config import config_from_dict, config_to_dict
+from credo.uncertainty.base import (
+    METHODS,
+    MethodConfig,
+    Prediction,
+    UncertaintyMethod,
+    classification_score,
+    register_method,
+)
+from credo.uncertainty.fit import FitHistory
+
+
+@dataclass
+class EnsembleConfig(MethodConfig):
+    """A deep ensemble; ``backbone`` and ``fit`` are each member's."""
+
+    member: str = "softmax"
+    """Registered name of the member method (softmax, mc_dropout, ...)."""
+    num_members: int = 5
+    """Ensemble size M."""
+    member_config: dict[str, Any] = field(default_factory=dict)
+    """Fields of the member's own config beyond backbone, fit and score (e.g. {"num_samples": 8})."""
+
+    def __post_init__(self) -> None:
+        if self.num_members < 1:
+            raise ValueError(f"num_members must be >= 1, got {self.num_members}")
+        if self.member == "ensemble":
+            raise ValueError("an ensemble of ensembles is an ensemble: raise num_members instead")
+        if self.member not in METHODS:
+            raise ValueError(f"unknown member method {self.member!r}; registered: {sorted(METHODS)}")
+
+
+@register_method("ensemble")
+class DeepEnsemble(UncertaintyMethod):
+    """Averages the predictions of ``num_members`` independently trained members."""
+
+    Config = EnsembleConfig
+
+    def member_configs(self) -> list[MethodConfig]:
+        cfg = self.config
+        member_cls = METHODS[cfg.member]
+        base = config_to_dict(member_cls.Config())
+        base.update(cfg.member_config)
+        base.update(backbone=config_to_dict(cfg.backbone), score=cfg.score)
+        configs = []
+        for i in range(cfg.num_members):
+            ckpt = str(Path(cfg.fit.checkpoint_dir) / f"member_{i}") if cfg.fit.checkpoint_dir else None
+            fit = replace(cfg.fit, seed=cfg.fit.seed + i, checkpoint_dir=ckpt)
+            configs.append(replace(config_from_dict(member_cls.Config, base), fit=fit))
+        return configs
+
+    def build_model(self) -> nn.Module:
+        member_cls = METHODS[self.config.member]
+        self.members = [member_cls(c) for c in self.member_configs()]
+        return nn.ModuleList([m.model for m in self.members])
+
+    def training_loss(self, x: Tensor, y: Tensor) -> Tensor:
+        raise NotImplementedError("ensemble members are trained one by one: call fit, not training_loss")
+
+    def fit(self, train_loader, val_loader=None) -> Self:
+        """Train each member in turn with the shared loop; history holds the members' histories in order."""
+        self.member_histories: list[FitHistory] = []
+        for member in self.members:
+            member.fit(train_loader, val_loader)
+            self.member_histories.append(member.history)
+        self.history = self.member_histories[-1]
+        return self
+
+    @torch.no_grad()
+    def member_probs(self, x: Tensor) -> Tensor:
+        """``[M, B, C]`` each member's class probabilities."""
+        self.check_input(x)
+        return torch.stack([m.predict(x).probs for m in self.members])
+
+    def predict(self, x: Tensor) -> Prediction:
+        samples = self.member_probs(x)
+        probs = samples.mean(0)
+        return Prediction(uncertainty=classification_score(probs, self.config.score, samples), probs=probs)

@@ -1,0 +1,60 @@
+"""Monte Carlo dropout (Gal & Ghahramani, 2016): dropout kept on at test time as approximate inference.
+
+With dropout masks ``m_s`` drawn afresh for each of ``S`` passes, the predictive distribution is
+``p(y | x) ~= (1/S) sum_s softmax(f(x; m_s))``. Batch norm stays in evaluation mode; only dropout samples.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from credo.nn import BackboneConfig
+from credo.uncertainty.base import MethodConfig, Prediction, UncertaintyMethod, classification_score, register_method
+
+
+@dataclass
+class MCDropoutConfig(MethodConfig):
+    """MC dropout: the backbone's ``dropout`` is the rate used in training and at test time."""
+
+    backbone: BackboneConfig = field(default_factory=lambda: BackboneConfig(dropout=0.1))
+    """The network; its dropout rate must be > 0."""
+    num_samples: int = 16
+    """Stochastic forward passes averaged at test time."""
+
+    def __post_init__(self) -> None:
+        if self.backbone.dropout <= 0:
+            raise ValueError("MC dropout needs backbone.dropout > 0 (0.1 is a common choice)")
+        if self.num_samples < 1:
+            raise ValueError(f"num_samples must be >= 1, got {self.num_samples}")
+
+
+@register_method("mc_dropout")
+class MCDropout(UncertaintyMethod):
+    """Averages ``num_samples`` dropout passes; the default score is the entropy of the average."""
+
+    Config = MCDropoutConfig
+
+    def training_loss(self, x: Tensor, y: Tensor) -> Tensor:
+        return F.cross_entropy(self.model(x), y)
+
+    @torch.no_grad()
+    def sample_probs(self, x: Tensor) -> Tensor:
+        """``[S, B, C]`` class probabilities from ``S`` dropout masks."""
+        self.check_input(x)
+        self.model.eval()
+        for m in self.model.modules():
+            if isinstance(m, nn.Dropout):
+                m.train()
+        try:
+            return torch.stack([F.softmax(self.model(x), -1) for _ in range(self.config.num_samples)])
+        finally:
+            self.model.eval()
+
+    def predict(self, x: Tensor) -> Prediction:
+        samples = self.sample_probs(x)
+        probs = samples.mean(0)
+        return Prediction(uncertainty=classification_score(probs, self.config.score, samples), probs=probs)
