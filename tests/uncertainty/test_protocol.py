@@ -80,7 +80,9 @@ def test_same_seed_same_model_different_seed_different_model():
 
 
 def test_softmax_learns_a_separable_problem():
-    m = Softmax(backbone=MLP, fit=FitConfig(epochs=15, lr=1e-2, progress=False)).fit(DATA.loader(32, shuffle=True))
+    m = Softmax(backbone=MLP, fit=FitConfig(epochs=15, lr=1e-2, progress=False)).fit(
+        DATA.loader(32, shuffle=True)
+    )
     acc = (m.predict(X).predicted_class == Y).float().mean()
     majority = torch.bincount(Y).max() / len(Y)
     assert majority < 0.6 and acc > 0.8
@@ -156,3 +158,17 @@ def test_ensemble_validates_members():
         DeepEnsemble(member="nope")
     with pytest.raises(ValueError, match="ensemble of ensembles"):
         DeepEnsemble(member="ensemble")
+
+
+def test_ensemble_members_see_different_data_orders(monkeypatch):
+    orders = []
+    original = DeepEnsemble.__mro__[0].fit
+
+    def spy_fit(self, loader, val_loader=None):
+        orders.append(torch.cat([y for _, y in loader]))
+        return self
+
+    monkeypatch.setattr(Softmax, "fit", spy_fit)
+    original(make("ensemble"), DATA.loader(32, shuffle=True, seed=7))
+    assert len(orders) == 3 and not torch.equal(orders[0], orders[1])
+    assert sorted(orders[0].tolist()) == sorted(orders[1].tolist())

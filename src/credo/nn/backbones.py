@@ -12,6 +12,7 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Literal
 
+import torch
 from torch import Tensor, nn
 
 
@@ -62,10 +63,14 @@ class FashionCNN(nn.Module):
         self.fc1 = nn.Linear(2 * 2 * 128, self.feature_dim)
         self.drop = nn.Dropout(dropout)
         self.head = nn.Linear(self.feature_dim, num_outputs)
+        # channels-last convolutions run ~1.4x faster than NCHW with oneDNN on CPU (benchmarks/fit_overhead.py
+        # uses this model); the layout changes no value.
+        self.to(memory_format=torch.channels_last)
 
     def features(self, x: Tensor) -> Tensor:
         """``[B, C, 28, 28] -> [B, 256]``."""
         pool, relu = nn.functional.max_pool2d, nn.functional.relu
+        x = x.contiguous(memory_format=torch.channels_last)
         x = self.drop(relu(pool(self.bn1(self.conv1(x)), 2)))
         x = self.drop(relu(pool(self.bn2(self.conv2(x)), 2)))
         x = self.drop(relu(pool(self.bn3(self.conv3(x)), 2)))
@@ -105,5 +110,3 @@ def build_backbone(cfg: BackboneConfig) -> nn.Module:
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
-
-

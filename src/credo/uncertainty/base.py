@@ -95,7 +95,9 @@ def classification_score(probs: Tensor, kind: str, member_probs: Tensor | None =
         return 1.0 - probs.max(-1).values
     if kind == "mutual_information":
         if member_probs is None:
-            raise ValueError("mutual_information needs several predictive samples (an ensemble or MC dropout)")
+            raise ValueError(
+                "mutual_information needs several predictive samples (an ensemble or MC dropout)"
+            )
         return predictive_entropy(probs) - predictive_entropy(member_probs).mean(0)
     raise ValueError(f"unknown uncertainty score {kind!r}; choose entropy, max_prob or mutual_information")
 
@@ -141,7 +143,9 @@ class UncertaintyMethod(ABC):
         if overrides:
             config = replace(config, **overrides)
         if not isinstance(config, self.Config):
-            raise TypeError(f"{type(self).__name__} takes a {self.Config.__name__}, got {type(config).__name__}")
+            raise TypeError(
+                f"{type(self).__name__} takes a {self.Config.__name__}, got {type(config).__name__}"
+            )
         self.config = config
         self.history: FitHistory | None = None
         with torch.random.fork_rng(devices=[]):
@@ -190,7 +194,9 @@ class UncertaintyMethod(ABC):
                 f"pass a batch shaped [B, {', '.join(map(str, want))}]"
             )
         if not torch.isfinite(x).all():
-            raise ValueError(f"{self.name}: input contains NaN or infinite values; clean or impute them first")
+            raise ValueError(
+                f"{self.name}: input contains NaN or infinite values; clean or impute them first"
+            )
 
     # -- saving -------------------------------------------------------------------------------------------
     def save(self, directory: str | Path) -> Path:
@@ -210,7 +216,9 @@ class UncertaintyMethod(ABC):
         cfg_path, weights = directory / "cfg.json", directory / "model.safetensors"
         for p in (cfg_path, weights):
             if not p.is_file():
-                raise CheckpointError(f"{p} is missing; {directory} is not a saved credo method (see method.save)")
+                raise CheckpointError(
+                    f"{p} is missing; {directory} is not a saved credo method (see method.save)"
+                )
         try:
             meta = json.loads(cfg_path.read_text())
             cls = METHODS[meta["method"]]
@@ -220,6 +228,8 @@ class UncertaintyMethod(ABC):
         try:
             state = load_file(str(weights))
         except Exception as err:  # safetensors raises its own error types for truncated files
-            raise CheckpointError(f"{weights} is corrupted or truncated ({err}); save the method again") from err
+            raise CheckpointError(
+                f"{weights} is corrupted or truncated ({err}); save the method again"
+            ) from err
         method.model.load_state_dict(state)
         return method

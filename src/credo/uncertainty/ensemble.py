@@ -8,6 +8,7 @@ interrupted ensemble resumes at the member (and epoch) it was on.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Self
@@ -47,6 +48,19 @@ class EnsembleConfig(MethodConfig):
             raise ValueError(f"unknown member method {self.member!r}; registered: {sorted(METHODS)}")
 
 
+def member_loader(loader, seed: int):
+    """``loader`` with its shuffling seed offset by ``seed``, so each member sees its own data order.
+
+    Applies to loaders that carry a ``seed`` (credo's ``TensorLoader``); other loaders are used as they are,
+    and their members then differ only in initialisation.
+    """
+    if not hasattr(loader, "seed"):
+        return loader
+    out = copy.copy(loader)
+    out.seed = loader.seed + seed
+    return out
+
+
 @register_method("ensemble")
 class DeepEnsemble(UncertaintyMethod):
     """Averages the predictions of ``num_members`` independently trained members."""
@@ -78,7 +92,7 @@ class DeepEnsemble(UncertaintyMethod):
         """Train each member in turn with the shared loop; history holds the members' histories in order."""
         self.member_histories: list[FitHistory] = []
         for member in self.members:
-            member.fit(train_loader, val_loader)
+            member.fit(member_loader(train_loader, member.config.fit.seed), val_loader)
             self.member_histories.append(member.history)
         self.history = self.member_histories[-1]
         return self

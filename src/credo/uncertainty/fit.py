@@ -191,7 +191,10 @@ class Checkpoint:
         buf = io.BytesIO()
         torch.save(state, buf)
         data = buf.getvalue()
-        for path, payload in ((self.digest_path, hashlib.sha256(data).hexdigest().encode()), (self.path, data)):
+        for path, payload in (
+            (self.digest_path, hashlib.sha256(data).hexdigest().encode()),
+            (self.path, data),
+        ):
             tmp = path.with_suffix(path.suffix + ".tmp")
             tmp.write_bytes(payload)
             os.replace(tmp, path)
@@ -259,7 +262,7 @@ def fit_loop(method: UncertaintyMethod, train_loader, val_loader, cfg: FitConfig
         bar = tqdm(
             loader,
             desc=f"{method.name} epoch {epoch + 1}/{cfg.epochs}",
-            disable=not cfg.progress or rank != 0,
+            disable=True if not cfg.progress or rank != 0 else None,  # None: only on a terminal
             leave=False,
             mininterval=1.0,
         )
@@ -282,7 +285,11 @@ def fit_loop(method: UncertaintyMethod, train_loader, val_loader, cfg: FitConfig
         if val_loader is not None and num_classes is not None:
             history.val_accuracy.append(validation_accuracy(method, val_loader))
         log.info(
-            "%s epoch %d/%d: train loss %.4f%s", method.name, epoch + 1, cfg.epochs, history.train_loss[-1],
+            "%s epoch %d/%d: train loss %.4f%s",
+            method.name,
+            epoch + 1,
+            cfg.epochs,
+            history.train_loss[-1],
             f", val accuracy {history.val_accuracy[-1]:.4f}" if history.val_accuracy else "",
         )
         if ckpt is not None:
@@ -291,12 +298,17 @@ def fit_loop(method: UncertaintyMethod, train_loader, val_loader, cfg: FitConfig
                 rng = [torch.empty_like(rng[0]) for _ in range(world)]
                 dist.all_gather(rng, torch.get_rng_state())
             if rank == 0:
-                ckpt.save({
-                    "fingerprint": fingerprint, "epoch": epoch + 1, "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                    "history": {"train_loss": history.train_loss, "val_accuracy": history.val_accuracy},
-                    "rng": rng,
-                })
+                ckpt.save(
+                    {
+                        "fingerprint": fingerprint,
+                        "epoch": epoch + 1,
+                        "model": model.state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(),
+                        "history": {"train_loss": history.train_loss, "val_accuracy": history.val_accuracy},
+                        "rng": rng,
+                    }
+                )
             if world > 1:
                 dist.barrier()
     model.eval()

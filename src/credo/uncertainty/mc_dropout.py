@@ -13,7 +13,13 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from credo.nn import BackboneConfig
-from credo.uncertainty.base import MethodConfig, Prediction, UncertaintyMethod, classification_score, register_method
+from credo.uncertainty.base import (
+    MethodConfig,
+    Prediction,
+    UncertaintyMethod,
+    classification_score,
+    register_method,
+)
 
 
 @dataclass

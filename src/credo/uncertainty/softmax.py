@@ -8,7 +8,13 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-from credo.uncertainty.base import MethodConfig, Prediction, UncertaintyMethod, classification_score, register_method
+from credo.uncertainty.base import (
+    MethodConfig,
+    Prediction,
+    UncertaintyMethod,
+    classification_score,
+    register_method,
+)
 
 
 @dataclass

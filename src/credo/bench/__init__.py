@@ -1,0 +1,48 @@
+"""The benchmark harness: methods x tasks x seeds, a resumable results store, tables with error bars,
+a report.
+
+``run_benchmark("fashion-mnist", ["softmax", "ensemble"], seeds=3, out="runs/fm")`` trains every cell,
+writes ``out/cells/<method>/seed<k>.{json,npz}`` as each finishes, then ``results.json``, ``table.md`` and a
+self-contained ``report.html``. Rerunning the same call skips finished cells and resumes an interrupted one.
+"""
+
+from credo.bench.aggregate import (
+    ResultsTable,
+    Summary,
+    aggregate,
+    mean_and_se,
+    to_markdown,
+    write_results_json,
+)
+from credo.bench.methods import BENCH_METHODS, SEED_STRIDE, BenchMethod, bench_method, build_method
+from credo.bench.report import write_report
+from credo.bench.runner import BenchResult, evaluate, run_benchmark, run_cell
+from credo.bench.store import Cell, ResultsStore
+from credo.bench.tasks import TASKS, Budget, Task, TaskData, get_task, register_task
+
+__all__ = [
+    "BENCH_METHODS",
+    "SEED_STRIDE",
+    "TASKS",
+    "BenchMethod",
+    "BenchResult",
+    "Budget",
+    "Cell",
+    "ResultsStore",
+    "ResultsTable",
+    "Summary",
+    "Task",
+    "TaskData",
+    "aggregate",
+    "bench_method",
+    "build_method",
+    "evaluate",
+    "get_task",
+    "mean_and_se",
+    "register_task",
+    "run_benchmark",
+    "run_cell",
+    "to_markdown",
+    "write_report",
+    "write_results_json",
+]
