@@ -16,10 +16,10 @@ from credo.nn import BackboneConfig
 from credo.uncertainty.base import (
     MethodConfig,
     Prediction,
-    UncertaintyMethod,
     classification_score,
     register_method,
 )
+from credo.uncertainty.softmax import Softmax
 
 
 @dataclass
@@ -39,13 +39,13 @@ class MCDropoutConfig(MethodConfig):
 
 
 @register_method("mc_dropout")
-class MCDropout(UncertaintyMethod):
-    """Averages ``num_samples`` dropout passes; the default score is the entropy of the average."""
+class MCDropout(Softmax):
+    """Trained as the softmax baseline (with dropout); predicts by averaging ``num_samples`` dropout passes.
+
+    The default score is the entropy of the average.
+    """
 
     Config = MCDropoutConfig
-
-    def training_loss(self, x: Tensor, y: Tensor) -> Tensor:
-        return F.cross_entropy(self.model(x), y)
 
     @torch.no_grad()
     def sample_probs(self, x: Tensor) -> Tensor:
