@@ -10,7 +10,8 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, get_args, get_origin, get_type_hints
+from types import UnionType
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 from credo.config import field_docs
 
@@ -57,18 +58,32 @@ def add_dataclass_arguments(
     """One flag per field of ``cls`` (``--field-name``), its help text the field's docstring."""
     docs, hints = field_docs(cls), get_type_hints(cls)
     for f in dataclasses.fields(cls):
-        hint, default = hints[f.name], f.default
+        hint, default = _unwrap_optional(hints[f.name]), f.default
+        if default is dataclasses.MISSING and f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
         kwargs: dict[str, Any] = {"help": f"{docs.get(f.name, '')} (default: {_show(default)})"}
         if get_origin(hint) is Literal:
             kwargs["choices"] = list(get_args(hint))
         elif get_origin(hint) is tuple:
-            kwargs["type"] = lambda s: tuple(p.strip() for p in s.split(",") if p.strip())
+            item = (get_args(hint) or (str,))[0]
+            item = item if item in (int, float) else str
+            kwargs["type"] = lambda s, t=item: tuple(t(p.strip()) for p in s.split(",") if p.strip())
+        elif hint is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
         elif hint in (int, float, str):
             kwargs["type"] = hint
         if f.name in positional:
             parser.add_argument(f.name, nargs="?", default=default, **kwargs)
         else:
             parser.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, default=default, **kwargs)
+
+
+def _unwrap_optional(hint: Any) -> Any:
+    """``X | None`` -> ``X`` (a flag left out keeps the default, which may be None)."""
+    args = [a for a in get_args(hint) if a is not type(None)]
+    if get_origin(hint) in (Union, UnionType) and len(args) == 1:
+        return args[0]
+    return hint
 
 
 def _show(value: Any) -> str:
