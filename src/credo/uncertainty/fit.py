@@ -22,8 +22,10 @@ from typing import TYPE_CHECKING, Literal
 
 import torch
 import torch.distributed as dist
-from torch import Tensor, nn
+from torch import Tensor
 from tqdm.auto import tqdm
+
+from credo.distributed import average_gradients, distributed_context, sync_module, sync_module_buffers
 
 if TYPE_CHECKING:
     from credo.uncertainty.base import UncertaintyMethod
@@ -83,17 +85,6 @@ class FitHistory:
 # -- pieces of the loop ----------------------------------------------------------------------------------
 
 
-def distributed_context() -> tuple[int, int]:
-    """``(rank, world_size)``; joins the ``torchrun`` process group when its environment is set."""
-    if not dist.is_available():
-        return 0, 1
-    if not dist.is_initialized() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    if dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
 def make_optimizer(params, cfg: FitConfig) -> torch.optim.Optimizer:
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
@@ -127,28 +118,6 @@ def check_batch(x: Tensor, y: Tensor, num_classes: int | None, batch_index: int)
                 f"training batch {batch_index} has labels in [{lo}, {hi}] but the model has {num_classes} "
                 f"classes (labels must be 0..{num_classes - 1}); set backbone.num_outputs or fix the labels"
             )
-
-
-def average_gradients(params: list[nn.Parameter], world_size: int) -> None:
-    """All-reduce the gradients of ``params`` into their mean over processes, in one flat buffer."""
-    grads = [p.grad for p in params if p.grad is not None]
-    if not grads:
-        return
-    flat = torch.cat([g.reshape(-1) for g in grads])
-    dist.all_reduce(flat)
-    flat /= world_size
-    offset = 0
-    for g in grads:
-        g.copy_(flat[offset : offset + g.numel()].view_as(g))
-        offset += g.numel()
-
-
-def sync_module(model: nn.Module, world_size: int) -> None:
-    """Start every process from rank 0's parameters; average floating buffers (batch-norm statistics)."""
-    with torch.no_grad():
-        for p in model.parameters():
-            dist.broadcast(p.data, src=0)
-    sync_module_buffers(model, world_size)
 
 
 def _set_epoch(loader, epoch: int) -> None:
@@ -313,15 +282,6 @@ def fit_loop(method: UncertaintyMethod, train_loader, val_loader, cfg: FitConfig
                 dist.barrier()
     model.eval()
     return history
-
-
-def sync_module_buffers(model: nn.Module, world_size: int) -> None:
-    """Average floating buffers (batch-norm running statistics) over processes at the end of an epoch."""
-    with torch.no_grad():
-        for b in model.buffers():
-            if b.is_floating_point():
-                dist.all_reduce(b)
-                b /= world_size
 
 
 @torch.no_grad()
