@@ -234,7 +234,9 @@ def fashion_mnist_task() -> Task:
         backbone=BackboneConfig(name="fashion_cnn", in_shape=(1, 28, 28), num_outputs=10),
         budgets={
             "test": Budget(FitConfig(epochs=1, **adam_cosine), batch_size=64, train_size=256, eval_size=256),
-            "demo": Budget(FitConfig(epochs=2, **adam_cosine), batch_size=128, train_size=20_000, eval_size=5000),
+            "demo": Budget(
+                FitConfig(epochs=2, **adam_cosine), batch_size=128, train_size=20_000, eval_size=5000
+            ),
             "full": Budget(FitConfig(epochs=3, **adam_cosine), batch_size=128),
         },
         description=FASHION_MNIST_DESCRIPTION,

@@ -13,13 +13,13 @@ from credo.sae.base import (
     register_sae,
     unit_mean_squared_norm_scale,
 )
+from credo.sae.corpus import load_corpus, split_windows, tokenize_windows
 from credo.sae.formats import load_gemma_scope_npz, load_saelens, save_gemma_scope_npz, save_saelens
 from credo.sae.gated import GatedSAE
-from credo.sae.corpus import load_corpus, split_windows, tokenize_windows
 from credo.sae.harvest import HarvestConfig, harvest_to_store, run_harvest, stream_from_model
 from credo.sae.jumprelu import JumpReLUFunction, JumpReLUSAE, StepFunction
-from credo.sae.relu import ReLUSAE
 from credo.sae.models import load_causal_lm
+from credo.sae.relu import ReLUSAE
 from credo.sae.sites import list_sites, site_width
 from credo.sae.store import ActivationStore, ActivationWriter, CorruptShardError, ShuffleBuffer
 from credo.sae.topk import BatchTopKSAE, TopKSAE
