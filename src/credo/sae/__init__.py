@@ -14,6 +14,13 @@ from credo.sae.base import (
     unit_mean_squared_norm_scale,
 )
 from credo.sae.corpus import load_corpus, split_windows, tokenize_windows
+from credo.sae.evaluate import (
+    ReconstructionAccumulator,
+    SAEEvalConfig,
+    evaluate_sae,
+    plot_feature_density,
+    run_eval,
+)
 from credo.sae.formats import load_gemma_scope_npz, load_saelens, save_gemma_scope_npz, save_saelens
 from credo.sae.gated import GatedSAE
 from credo.sae.harvest import HarvestConfig, harvest_to_store, run_harvest, stream_from_model
@@ -21,12 +28,20 @@ from credo.sae.jumprelu import JumpReLUFunction, JumpReLUSAE, StepFunction
 from credo.sae.models import load_causal_lm
 from credo.sae.relu import ReLUSAE
 from credo.sae.sites import list_sites, site_width
+from credo.sae.splice import SplicedLMLoss, spliced_lm_loss
 from credo.sae.store import ActivationStore, ActivationWriter, CorruptShardError, ShuffleBuffer
 from credo.sae.topk import BatchTopKSAE, TopKSAE
 
 # ``harvest`` itself is not re-exported: it would shadow the module credo.sae.harvest.
 
 __all__ = [
+    "spliced_lm_loss",
+    "SplicedLMLoss",
+    "run_eval",
+    "plot_feature_density",
+    "evaluate_sae",
+    "SAEEvalConfig",
+    "ReconstructionAccumulator",
     "ARCHITECTURES",
     "SAE_ARCHITECTURES",
     "ActivationStore",
