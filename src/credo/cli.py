@@ -8,6 +8,7 @@ import dataclasses
 import logging
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import UnionType
@@ -135,34 +136,74 @@ def run_demo(cmd: DemoCommand) -> Path:
     return report
 
 
-def main(argv: list[str] | None = None) -> int:
+def run_report(cmd: ReportCommand) -> Path:
+    from credo.bench import write_report
+
+    path = write_report(Path(cmd.out))
+    sys.stdout.write(f"report: {path}\n")
+    return path
+
+
+def run_sae_harvest(cfg) -> None:
+    from credo.sae.harvest import run_harvest
+
+    for site, path in run_harvest(cfg).items():
+        sys.stdout.write(f"{site}: {path}\n")
+
+
+def run_sae_eval(cfg) -> None:
+    import json
+
+    from credo.sae.evaluate import run_eval
+
+    result = run_eval(cfg)
+    sys.stdout.write(json.dumps(result, indent=2, default=str) + "\n")
+
+
+def _commands() -> dict[tuple[str, ...], tuple[type, Callable[[Any], Any], tuple[str, ...]]]:
+    """``(group, name) -> (config dataclass, function, positional fields)``; SAE configs import lazily."""
+    from credo.sae.evaluate import SAEEvalConfig
+    from credo.sae.harvest import HarvestConfig
+
+    return {
+        ("bench",): (BenchCommand, run_bench, ("task",)),
+        ("demo",): (DemoCommand, run_demo, ()),
+        ("report",): (ReportCommand, run_report, ("out",)),
+        ("sae", "harvest"): (HarvestConfig, run_sae_harvest, ()),
+        ("sae", "eval"): (SAEEvalConfig, run_sae_eval, ("sae",)),
+    }
+
+
+def build_parser(commands) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="credo", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="log every epoch")
     sub = parser.add_subparsers(dest="command", required=True)
-    commands = {
-        "bench": (BenchCommand, run_bench, ("task",)),
-        "demo": (DemoCommand, run_demo, ()),
-        "report": (ReportCommand, None, ("out",)),
-    }
-    for name, (cls, _, positional) in commands.items():
-        add_dataclass_arguments(
-            sub.add_parser(name, help=cls.__doc__, description=cls.__doc__), cls, positional
-        )
-    args = parser.parse_args(argv)
+    groups: dict[str, argparse._SubParsersAction] = {}
+    for path, (cls, _, positional) in commands.items():
+        target = sub
+        if len(path) == 2:
+            if path[0] not in groups:
+                group = sub.add_parser(path[0], help=f"{path[0]} commands")
+                groups[path[0]] = group.add_subparsers(dest="subcommand", required=True)
+            target = groups[path[0]]
+        doc = " ".join((cls.__doc__ or "").split())
+        command = target.add_parser(path[-1], help=doc, description=doc)
+        add_dataclass_arguments(command, cls, positional)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    commands = _commands()
+    args = build_parser(commands).parse_args(argv)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING, format="%(asctime)s %(name)s: %(message)s"
     )
-    cls, fn, _ = commands[args.command]
-    cmd = _from_args(cls, args)
+    path = (args.command, args.subcommand) if getattr(args, "subcommand", None) else (args.command,)
+    cls, fn, _ = commands[path]
     try:
-        if args.command == "report":
-            from credo.bench import write_report
-
-            sys.stdout.write(f"report: {write_report(Path(cmd.out))}\n")
-        else:
-            fn(cmd)
+        fn(_from_args(cls, args))
     except KeyboardInterrupt:
-        sys.stderr.write("interrupted: finished cells are kept; rerun the same command to resume\n")
+        sys.stderr.write("interrupted: finished work is kept; rerun the same command to resume\n")
         return 130
     except (ValueError, FileNotFoundError) as err:
         sys.stderr.write(f"credo: error: {err}\n")
