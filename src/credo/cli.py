@@ -62,7 +62,10 @@ def add_dataclass_arguments(
         hint, default = _unwrap_optional(hints[f.name]), f.default
         if default is dataclasses.MISSING and f.default_factory is not dataclasses.MISSING:
             default = f.default_factory()
-        kwargs: dict[str, Any] = {"help": f"{docs.get(f.name, '')} (default: {_show(default)})"}
+        text = f"{docs.get(f.name, '')} (default: {_show(default)})".replace(
+            "%", "%%"
+        )  # argparse formats help
+        kwargs: dict[str, Any] = {"help": text}
         if get_origin(hint) is Literal:
             kwargs["choices"] = list(get_args(hint))
         elif get_origin(hint) is tuple:
@@ -151,6 +154,13 @@ def run_sae_harvest(cfg) -> None:
         sys.stdout.write(f"{site}: {path}\n")
 
 
+def run_sae_train(cfg) -> None:
+    from credo.sae.train import train_saes
+
+    for path in train_saes(cfg):
+        sys.stdout.write(f"{path}\n")
+
+
 def run_sae_eval(cfg) -> None:
     import json
 
@@ -164,12 +174,14 @@ def _commands() -> dict[tuple[str, ...], tuple[type, Callable[[Any], Any], tuple
     """``(group, name) -> (config dataclass, function, positional fields)``; SAE configs import lazily."""
     from credo.sae.evaluate import SAEEvalConfig
     from credo.sae.harvest import HarvestConfig
+    from credo.sae.schedules import SAETrainConfig
 
     return {
         ("bench",): (BenchCommand, run_bench, ("task",)),
         ("demo",): (DemoCommand, run_demo, ()),
         ("report",): (ReportCommand, run_report, ("out",)),
         ("sae", "harvest"): (HarvestConfig, run_sae_harvest, ()),
+        ("sae", "train"): (SAETrainConfig, run_sae_train, ()),
         ("sae", "eval"): (SAEEvalConfig, run_sae_eval, ("sae",)),
     }
 

@@ -27,14 +27,21 @@ from credo.sae.harvest import HarvestConfig, harvest_to_store, run_harvest, stre
 from credo.sae.jumprelu import JumpReLUFunction, JumpReLUSAE, StepFunction
 from credo.sae.models import load_causal_lm
 from credo.sae.relu import ReLUSAE
+from credo.sae.schedules import SAESpec, SAETrainConfig, TrainingSchedule
 from credo.sae.sites import list_sites, site_width
 from credo.sae.splice import SplicedLMLoss, spliced_lm_loss
 from credo.sae.store import ActivationStore, ActivationWriter, CorruptShardError, ShuffleBuffer
 from credo.sae.topk import BatchTopKSAE, TopKSAE
+from credo.sae.train import SAETrainer, train_saes
 
 # ``harvest`` itself is not re-exported: it would shadow the module credo.sae.harvest.
 
 __all__ = [
+    "train_saes",
+    "SAETrainer",
+    "TrainingSchedule",
+    "SAETrainConfig",
+    "SAESpec",
     "spliced_lm_loss",
     "SplicedLMLoss",
     "run_eval",
