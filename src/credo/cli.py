@@ -174,7 +174,7 @@ def _commands() -> dict[tuple[str, ...], tuple[type, Callable[[Any], Any], tuple
     """``(group, name) -> (config dataclass, function, positional fields)``; SAE configs import lazily."""
     from credo.sae.evaluate import SAEEvalConfig
     from credo.sae.harvest import HarvestConfig
-    from credo.sae.schedules import SAETrainConfig
+    from credo.sae.train_config import SAETrainConfig
 
     return {
         ("bench",): (BenchCommand, run_bench, ("task",)),

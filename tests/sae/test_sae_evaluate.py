@@ -13,19 +13,18 @@ from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from credo.config import field_docs
 from credo.sae.base import SAEConfig
-from credo.sae.evaluate import (
-    ReconstructionAccumulator,
-    SAEEvalConfig,
-    evaluate_sae,
-    log_feature_density_histogram,
-    plot_feature_density,
-    run_eval,
-)
+from credo.sae.evaluate import SAEEvalConfig, evaluate_sae, run_eval
 from credo.sae.jumprelu import JumpReLUSAE
 from credo.sae.models import _package_dir
+from credo.sae.reconstruction import (
+    ReconstructionAccumulator,
+    log_feature_density_histogram,
+    plot_feature_density,
+)
 from credo.sae.sites import resolve_site
 from credo.sae.splice import spliced_lm_loss
-from credo.sae.store import ActivationStore, ActivationWriter
+from credo.sae.store import ActivationStore
+from credo.sae.writer import ActivationWriter
 
 BOS, V, D = 1, 100, 32
 SITES = [

@@ -6,7 +6,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from credo.sae.store import ActivationStore, ActivationWriter, CorruptShardError, ShuffleBuffer
+from credo.sae.buffer import ShuffleBuffer
+from credo.sae.store import ActivationStore, CorruptShardError
+from credo.sae.writer import ActivationWriter
 
 D = 6
 

@@ -14,9 +14,11 @@ import pytest
 import torch
 
 from credo.sae import SparseAutoencoder
-from credo.sae.schedules import SAESpec, SAETrainConfig, TrainingSchedule, effective_warmup
-from credo.sae.store import ActivationStore, ActivationWriter
+from credo.sae.schedules import TrainingSchedule, effective_warmup
+from credo.sae.store import ActivationStore
 from credo.sae.train import SAETrainer, train_saes
+from credo.sae.train_config import SAESpec, SAETrainConfig
+from credo.sae.writer import ActivationWriter
 from credo.uncertainty.base import CheckpointError
 
 D_IN, D_SAE, ROWS, B = 16, 64, 512, 64

@@ -6,8 +6,8 @@ import sys
 
 import torch.distributed as dist
 
-from credo.sae.schedules import SAETrainConfig
 from credo.sae.train import train_saes
+from credo.sae.train_config import SAETrainConfig
 
 
 def main(acts: str, out: str) -> None:

@@ -13,26 +13,25 @@ from credo.sae.base import (
     register_sae,
     unit_mean_squared_norm_scale,
 )
+from credo.sae.buffer import ShuffleBuffer
 from credo.sae.corpus import load_corpus, split_windows, tokenize_windows
-from credo.sae.evaluate import (
-    ReconstructionAccumulator,
-    SAEEvalConfig,
-    evaluate_sae,
-    plot_feature_density,
-    run_eval,
-)
-from credo.sae.formats import load_gemma_scope_npz, load_saelens, save_gemma_scope_npz, save_saelens
+from credo.sae.evaluate import SAEEvalConfig, evaluate_sae, run_eval
 from credo.sae.gated import GatedSAE
+from credo.sae.gemma_scope import load_gemma_scope_npz, save_gemma_scope_npz
 from credo.sae.harvest import HarvestConfig, harvest_to_store, run_harvest, stream_from_model
 from credo.sae.jumprelu import JumpReLUFunction, JumpReLUSAE, StepFunction
 from credo.sae.models import load_causal_lm
+from credo.sae.reconstruction import ReconstructionAccumulator, plot_feature_density
 from credo.sae.relu import ReLUSAE
-from credo.sae.schedules import SAESpec, SAETrainConfig, TrainingSchedule
+from credo.sae.saelens import load_saelens, save_saelens
+from credo.sae.schedules import TrainingSchedule
 from credo.sae.sites import list_sites, site_width
 from credo.sae.splice import SplicedLMLoss, spliced_lm_loss
-from credo.sae.store import ActivationStore, ActivationWriter, CorruptShardError, ShuffleBuffer
+from credo.sae.store import ActivationStore, CorruptShardError
 from credo.sae.topk import BatchTopKSAE, TopKSAE
 from credo.sae.train import SAETrainer, train_saes
+from credo.sae.train_config import SAESpec, SAETrainConfig
+from credo.sae.writer import ActivationWriter
 
 # ``harvest`` itself is not re-exported: it would shadow the module credo.sae.harvest.
 

@@ -25,10 +25,11 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from credo.sae.buffer import ShuffleBuffer, drop_nonfinite
 from credo.sae.corpus import load_corpus, split_windows, start_token_id, tokenize_windows
 from credo.sae.models import load_causal_lm, model_name
 from credo.sae.sites import resolve_site, site_width
-from credo.sae.store import ActivationWriter, ShuffleBuffer, drop_nonfinite
+from credo.sae.writer import ActivationWriter
 
 log = logging.getLogger(__name__)
 
@@ -241,7 +242,7 @@ def stream_from_model(
     nonfinite: Literal["skip", "error"] = "skip",
 ) -> Iterator[Tensor]:
     """Shuffled batches ``[batch_size, d]`` straight from the model, no cache: the windows in a seeded order,
-    harvested, through a :class:`~credo.sae.store.ShuffleBuffer`; the interface of
+    harvested, through a :class:`~credo.sae.buffer.ShuffleBuffer`; the interface of
     :meth:`ActivationStore.batches <credo.sae.store.ActivationStore.batches>`."""
     rng = np.random.default_rng([seed, epoch])
     windows = windows[torch.from_numpy(rng.permutation(len(windows)))]

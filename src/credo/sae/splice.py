@@ -41,7 +41,7 @@ from tqdm.auto import tqdm
 from credo.sae.sites import HookPoint, resolve_site
 
 if TYPE_CHECKING:
-    from credo.sae.evaluate import ReconstructionAccumulator
+    from credo.sae.reconstruction import ReconstructionAccumulator
 
 
 class SplicedLMLoss(NamedTuple):
