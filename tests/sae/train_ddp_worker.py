@@ -18,6 +18,7 @@ def main(acts: str, out: str) -> None:
     )  # fmt: skip
     train_saes(config)
     if dist.is_initialized():
+        dist.barrier()  # leave together: a rank tearing gloo down while the other still talks aborts
         dist.destroy_process_group()
 
 

@@ -24,6 +24,7 @@ def main(out: str) -> None:
     if not dist.is_initialized() or dist.get_rank() == 0:
         method.save(out)
     if dist.is_initialized():
+        dist.barrier()  # leave together: a rank tearing gloo down while the other still talks aborts
         dist.destroy_process_group()
 
 

@@ -111,7 +111,12 @@ def run_benchmark(
         log.info("%d of %d cells already finished in %s; skipping them", len(skipped), len(cells), out)
     computed: list[tuple[str, int]] = []
     data = task_obj.load(budget) if pending else None
-    bar = tqdm(total=len(cells), initial=len(skipped), desc=f"bench {task_obj.name}", disable=not progress)
+    bar = tqdm(
+        total=len(cells),
+        initial=len(skipped),
+        desc=f"bench {task_obj.name}",
+        disable=None if progress else True,
+    )
     try:
         for method_name, seed in pending:
             bar.set_postfix_str(f"{method_name} seed {seed}")

@@ -146,7 +146,9 @@ def harvest(
     total = len(windows) * per_window if max_tokens is None else min(max_tokens, len(windows) * per_window)
     done = skip_windows * per_window
     device = next(model.parameters()).device
-    bar = tqdm(total=total, initial=min(done, total), unit="tok", disable=not progress, desc="harvest")
+    bar = tqdm(
+        total=total, initial=min(done, total), unit="tok", disable=None if progress else True, desc="harvest"
+    )
     with bar:
         for lo in range(skip_windows, len(windows), batch_size):
             if done >= total:

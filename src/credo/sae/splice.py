@@ -165,7 +165,9 @@ def spliced_lm_loss(
     n_pred = 0
     handle = splice_hook(point, replace)
     try:
-        for lo in tqdm(range(0, len(token_windows), batch_size), disable=not progress, desc="spliced loss"):
+        for lo in tqdm(
+            range(0, len(token_windows), batch_size), disable=None if progress else True, desc="spliced loss"
+        ):
             ids = token_windows[lo : lo + batch_size].to(device)
             state["keep"] = bos_mask(ids, bos_token_id if exclude_bos else None)
             state["mode"] = "clean"
