@@ -44,6 +44,7 @@ test: env data
 
 bench: env data
 	$(PY) benchmarks/fit_overhead.py
+	$(PY) benchmarks/harvest_speed.py
 	$(PY) benchmarks/fashion_mnist_quality.py
 
 clean:
