@@ -45,6 +45,7 @@ test: env data
 bench: env data
 	$(PY) benchmarks/fit_overhead.py
 	$(PY) benchmarks/harvest_speed.py
+	$(PY) benchmarks/sae_store_memory.py
 	$(PY) benchmarks/fashion_mnist_quality.py
 
 clean:
