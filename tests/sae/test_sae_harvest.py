@@ -271,9 +271,11 @@ def test_models_load_minilm_and_local_paths(llama, tmp_path):
 def test_harvest_config_fields_and_cli_strings():
     docs = field_docs(HarvestConfig)
     assert {f.name for f in dataclasses.fields(HarvestConfig)} == set(docs)
-    cfg = HarvestConfig(
-        layers=("6", "15"), sites=("blocks.6.hook_resid_post", "blocks.3.hook_mlp_out"), exclude_bos="false"
-    )
+    from credo.cli import _commands, _from_args, build_parser
+
+    argv = ["sae", "harvest", "--layers", "6,15", "--sites", "blocks.6.hook_resid_post,blocks.3.hook_mlp_out"]
+    cfg = _from_args(HarvestConfig, build_parser(_commands()).parse_args([*argv, "--no-exclude-bos"]))
+    assert cfg.layers == (6, 15)
     assert cfg.site_names() == [
         "blocks.6.hook_resid_post",
         "blocks.3.hook_mlp_out",

@@ -66,10 +66,7 @@ class HarvestConfig:
     """Rows with NaN or inf: skip them (counted in the manifest) or stop with an error."""
 
     def __post_init__(self) -> None:
-        # The CLI hands over strings; accept them here so the config is right however it was made.
-        self.layers = tuple(int(x) for x in self.layers)
-        if isinstance(self.exclude_bos, str):
-            self.exclude_bos = self.exclude_bos.lower() in ("1", "true", "yes")
+        self.layers, self.sites = tuple(self.layers), tuple(self.sites)
         if not self.site_names():
             raise ValueError("name at least one site (--sites) or layer (--layers)")
         if self.context_size < 2 or self.batch_size < 1 or self.shard_tokens < 1 or self.max_tokens < 0:
