@@ -20,6 +20,7 @@ from credo.sae.gated import GatedSAE
 from credo.sae.gemma_scope import load_gemma_scope_npz, save_gemma_scope_npz
 from credo.sae.harvest import HarvestConfig, harvest_to_store, run_harvest, stream_from_model
 from credo.sae.jumprelu import JumpReLUFunction, JumpReLUSAE, StepFunction
+from credo.sae.jumprelu_sparse import SparseJumpReLUStep
 from credo.sae.models import load_causal_lm
 from credo.sae.reconstruction import ReconstructionAccumulator, plot_feature_density
 from credo.sae.relu import ReLUSAE
@@ -58,6 +59,7 @@ __all__ = [
     "HarvestConfig",
     "JumpReLUFunction",
     "JumpReLUSAE",
+    "SparseJumpReLUStep",
     "ReLUSAE",
     "SAEConfig",
     "SAEFormatError",

@@ -6,9 +6,11 @@ import math
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from credo.sae.base import SAEOutput, SparseAutoencoder, register_sae
+from credo.sae.jumprelu_sparse import SparseJumpReLUStep
 
 
 def _rectangle_window(z: Tensor, theta: Tensor, bandwidth: float) -> Tensor:
@@ -89,8 +91,9 @@ class JumpReLUSAE(SparseAutoencoder):
     fast as raw theta, log theta needs a learning rate about ``1 / theta`` times larger (its own
     parameter group).
 
-    A training step costs five ``B x d_in x d_sae`` matmuls (encoder and decoder forward, the decoder's
-    input and weight gradients, the encoder's weight gradient).
+    A forward with gradients (training) runs :class:`~credo.sae.jumprelu_sparse.SparseJumpReLUStep`: the
+    same values and gradients as autograd through :class:`JumpReLUFunction`, but only the encoder's
+    ``B x d_in x d_sae`` matmul is dense; the decoder and the backward pass cost ``O(B L0 d_in)``.
     """
 
     b_enc: nn.Parameter
@@ -118,8 +121,10 @@ class JumpReLUSAE(SparseAutoencoder):
 
     def forward(self, x: Tensor, sparsity_coefficient: float = 0.0) -> SAEOutput:
         xs = self._scaled_input(x)
-        pre = torch.addmm(self.b_enc, xs, self.W_enc)
         theta = self.theta
+        if torch.is_grad_enabled() and xs.dtype in (torch.float32, torch.float64):
+            return self._sparse_forward(xs, theta, sparsity_coefficient)
+        pre = torch.addmm(self.b_enc, xs, self.W_enc)
         f = JumpReLUFunction.apply(pre, theta, self.cfg.bandwidth)
         xs_hat = torch.addmm(self.b_dec, f, self.W_dec)
         sparsity = None
@@ -127,6 +132,16 @@ class JumpReLUSAE(SparseAutoencoder):
             l0 = StepFunction.apply(pre, theta, self.cfg.bandwidth).sum() / xs.shape[0]
             sparsity = sparsity_coefficient * l0
         return self._output(xs, xs_hat, f, sparsity, None)
+
+    def _sparse_forward(self, xs: Tensor, theta: Tensor, sparsity_coefficient: float) -> SAEOutput:
+        """The training forward of :mod:`credo.sae.jumprelu_sparse`: same values and gradients, one big matmul."""
+        xs_hat, f, l0 = SparseJumpReLUStep.apply(
+            xs, self.W_enc, self.b_enc, theta, self.W_dec, self.b_dec, self.cfg.bandwidth
+        )
+        recon = F.mse_loss(xs_hat, xs, reduction="sum") / xs.shape[0]
+        zero = recon.new_zeros(())
+        sparsity = sparsity_coefficient * l0 if sparsity_coefficient else zero
+        return SAEOutput(xs_hat / self.input_scale, f, recon + sparsity, recon, sparsity, zero, l0.detach())
 
     @torch.no_grad()
     def apply_constraints(self) -> None:
