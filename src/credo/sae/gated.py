@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from credo.sae.base import SAEOutput, SparseAutoencoder, register_sae
+from credo.sae.sparse_decode import ActiveEntries
 
 
 @register_sae("gated")
@@ -57,6 +58,8 @@ class GatedSAE(SparseAutoencoder):
 
     def forward(self, x: Tensor, sparsity_coefficient: float = 0.0) -> SAEOutput:
         xs = self._scaled_input(x)
+        if torch.is_grad_enabled():
+            return self._sparse_forward(xs, sparsity_coefficient)
         pi_gate, pi_mag = self.gate_and_magnitude(xs)
         gate = torch.relu(pi_gate)
         # The Heaviside gate passes no gradient: the gate learns only from the L1 and auxiliary terms.
@@ -66,3 +69,17 @@ class GatedSAE(SparseAutoencoder):
         via_gate = torch.addmm(self.b_dec.detach(), gate, self.W_dec.detach())
         aux = F.mse_loss(via_gate, xs, reduction="sum") / xs.shape[0]
         return self._output(xs, xs_hat, f, sparsity, aux)
+
+    def _sparse_forward(self, xs: Tensor, sparsity_coefficient: float) -> SAEOutput:
+        """The same loss and gradients, with both decoders run on the open gates only
+        (:mod:`credo.sae.sparse_decode`); ``ReLU(pi_gate)`` is zero wherever the gate is shut."""
+        z = self._centred_preactivations(xs, torch.zeros_like(self.b_gate))
+        active = ActiveEntries(z > -self.b_gate)  # pi_gate > 0
+        z_active, cols = active.gather(z), active.cols
+        gate = z_active + self.b_gate[cols]
+        magnitude = torch.relu(torch.addcmul(self.b_mag[cols], z_active, self.r_mag[cols].exp()))
+        xs_hat = active.decode(magnitude, self.W_dec, self.b_dec)
+        sparsity = sparsity_coefficient * gate.sum() / xs.shape[0]
+        via_gate = active.decode(gate, self.W_dec.detach(), self.b_dec.detach())
+        aux = F.mse_loss(via_gate, xs, reduction="sum") / xs.shape[0]
+        return self._output(xs, xs_hat, active.dense(magnitude), sparsity, aux)

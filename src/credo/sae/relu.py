@@ -6,6 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from credo.sae.base import SAEOutput, SparseAutoencoder, register_sae
+from credo.sae.sparse_decode import ActiveEntries
 
 
 @register_sae("relu")
@@ -23,9 +24,10 @@ class ReLUSAE(SparseAutoencoder):
     and decoder, so the decoder needs no norm constraint; this is the baseline of the Gated SAE paper
     (Rajamanoharan et al. 2024) and of Anthropic's April 2024 update.
 
-    A training step costs five ``B x d_in x d_sae`` matmuls: encoder and decoder forward, the decoder's
-    input and weight gradients, and the encoder's weight gradient (b_dec's gradient through the centred
-    input costs a vector-matrix product, see ``_centred_preactivations``).
+    A training step (a forward with gradients) decodes only the active latents
+    (:mod:`credo.sae.sparse_decode`), so it costs two ``B x d_in x d_sae`` matmuls, the encoder's forward
+    and weight gradient, where the dense step costs five (b_dec's gradient through the centred input costs
+    a vector-matrix product, see ``_centred_preactivations``).
     """
 
     b_enc: nn.Parameter
@@ -39,8 +41,20 @@ class ReLUSAE(SparseAutoencoder):
 
     def forward(self, x: Tensor, sparsity_coefficient: float = 0.0) -> SAEOutput:
         xs = self._scaled_input(x)
+        if torch.is_grad_enabled():
+            return self._sparse_forward(xs, sparsity_coefficient)
         f = torch.relu(self._centred_preactivations(xs, self.b_enc))
         xs_hat = torch.addmm(self.b_dec, f, self.W_dec)
         # sum_b sum_i f_bi ||W_dec,i|| as one [d_sae] dot product: no [B, d_sae] temporary.
         sparsity = sparsity_coefficient * (f.sum(0) @ self.W_dec.norm(dim=1)) / xs.shape[0]
         return self._output(xs, xs_hat, f, sparsity, None)
+
+    def _sparse_forward(self, xs: Tensor, sparsity_coefficient: float) -> SAEOutput:
+        """The same loss and gradients, decoding only the active latents (:mod:`credo.sae.sparse_decode`)."""
+        pre = self._centred_preactivations(xs, self.b_enc)
+        active = ActiveEntries(pre > 0)
+        values = active.gather(pre)
+        xs_hat = active.decode(values, self.W_dec, self.b_dec)
+        norms = self.W_dec.norm(dim=1)
+        sparsity = sparsity_coefficient * (values @ norms[active.cols]) / xs.shape[0]
+        return self._output(xs, xs_hat, active.dense(values), sparsity, None)
