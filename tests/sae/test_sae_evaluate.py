@@ -22,7 +22,7 @@ from credo.sae.reconstruction import (
     plot_feature_density,
 )
 from credo.sae.sites import resolve_site
-from credo.sae.splice import spliced_lm_loss
+from credo.sae.splice import SplicedLMLoss, spliced_lm_loss, spliced_lm_losses
 from credo.sae.store import ActivationStore
 from credo.sae.writer import ActivationWriter
 
@@ -286,6 +286,23 @@ def test_a_noisy_reconstruction_costs_loss(llama, windows):
     assert r.fraction_of_loss_recovered < 1.0
     want = (r.zero_ablation_loss - r.spliced_loss) / (r.zero_ablation_loss - r.clean_loss)
     assert r.fraction_of_loss_recovered == pytest.approx(want)
+
+
+def test_several_saes_in_one_pass_equal_one_at_a_time(llama, windows):
+    site = "blocks.1.hook_resid_post"
+    saes = [identity_sae(D), NoisySAE(sigma=0.5), NoisySAE(sigma=2.0)]
+    accs = [ReconstructionAccumulator() for _ in saes]
+    together = spliced_lm_losses(llama, saes, site, windows, batch_size=2, accumulators=accs)
+    for sae in saes[1:]:
+        sae.g.manual_seed(0)  # replay the same noise
+    alone = [spliced_lm_loss(llama, sae, site, windows, batch_size=2) for sae in saes]
+    for a, b in zip(together, alone, strict=True):
+        for name in SplicedLMLoss._fields:
+            assert getattr(a, name) == pytest.approx(getattr(b, name), rel=1e-9, abs=1e-12), name
+    assert together[0].delta_lm_loss == 0.0 < together[1].delta_lm_loss < together[2].delta_lm_loss
+    assert accs[0].compute()["fraction_of_variance_unexplained"] == 0.0
+    with pytest.raises(ValueError, match="one per SAE"):
+        spliced_lm_losses(llama, saes, site, windows, accumulators=accs[:1])
 
 
 def test_bos_positions_keep_their_original_activation(llama, windows):

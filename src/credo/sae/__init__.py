@@ -27,7 +27,7 @@ from credo.sae.relu import ReLUSAE
 from credo.sae.saelens import load_saelens, save_saelens
 from credo.sae.schedules import TrainingSchedule
 from credo.sae.sites import list_sites, site_width
-from credo.sae.splice import SplicedLMLoss, spliced_lm_loss
+from credo.sae.splice import SplicedLMLoss, spliced_lm_loss, spliced_lm_losses
 from credo.sae.store import ActivationStore, CorruptShardError
 from credo.sae.topk import BatchTopKSAE, TopKSAE
 from credo.sae.train import SAETrainer, train_saes
@@ -43,6 +43,7 @@ __all__ = [
     "SAETrainConfig",
     "SAESpec",
     "spliced_lm_loss",
+    "spliced_lm_losses",
     "SplicedLMLoss",
     "run_eval",
     "plot_feature_density",

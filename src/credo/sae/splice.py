@@ -29,7 +29,7 @@ forward hook returns the output with that entry replaced; both tuple and tensor 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
@@ -110,7 +110,6 @@ def _nll_sum(logp: Tensor, ids: Tensor) -> float:
     return -float(logp.gather(-1, ids[:, 1:, None]).double().sum())
 
 
-@torch.no_grad()
 def spliced_lm_loss(
     model: nn.Module,
     sae: nn.Module,
@@ -132,17 +131,42 @@ def spliced_lm_loss(
     reconstruction metrics on the same held-out tokens come for free. The windows must be unpadded.
     Memory per batch: two ``[batch_size, T - 1, vocab]`` float32 log-probability tensors.
     """
+    (result,) = spliced_lm_losses(
+        model, [sae], site, token_windows, batch_size, exclude_bos, bos_token_id, zero_ablation,
+        None if accumulator is None else [accumulator], progress,
+    )  # fmt: skip
+    return result
+
+
+@torch.no_grad()
+def spliced_lm_losses(
+    model: nn.Module,
+    saes: Sequence[nn.Module],
+    site: str,
+    token_windows: Tensor,
+    batch_size: int = 4,
+    exclude_bos: bool = True,
+    bos_token_id: int | None = None,
+    zero_ablation: bool = True,
+    accumulators: Sequence[ReconstructionAccumulator] | None = None,
+    progress: bool = False,
+) -> list[SplicedLMLoss]:
+    """:func:`spliced_lm_loss` for several SAEs at one site: the clean and zero-ablated runs are shared,
+    so ``n`` SAEs cost ``n + 2`` forward passes per batch instead of ``3 n``. One result (and one optional
+    accumulator) per SAE, in order."""
     if token_windows.ndim != 2 or token_windows.shape[1] < 2:
         raise ValueError(
             f"token_windows must be [n_windows, T >= 2] token ids, got {tuple(token_windows.shape)}"
         )
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if accumulators is not None and len(accumulators) != len(saes):
+        raise ValueError(f"{len(accumulators)} accumulators for {len(saes)} SAEs: pass one per SAE")
     point = resolve_site(model, site)
     if bos_token_id is None:
         bos_token_id = getattr(model.config, "bos_token_id", None)
     device = next(model.parameters()).device
-    state: dict[str, Any] = {"mode": "clean", "keep": None}
+    state: dict[str, Any] = {"mode": "clean", "keep": None, "sae": 0}
 
     def replace(a: Tensor) -> Tensor:
         if state["mode"] == "clean":
@@ -153,15 +177,17 @@ def spliced_lm_loss(
         if state["mode"] == "zero":
             return a.masked_fill(rows[..., None], 0.0)
         x = a[rows]
+        sae = saes[state["sae"]]
         f = sae.encode(x)
         x_hat = sae.decode(f)
-        if accumulator is not None:
-            accumulator.update(x, x_hat, f)
+        if accumulators is not None:
+            accumulators[state["sae"]].update(x, x_hat, f)
         out = a.clone()
         out[rows] = x_hat.to(a.dtype)
         return out
 
-    sums = dict.fromkeys(("clean", "spliced", "zero", "kl"), 0.0)
+    clean_sum = zero_sum = 0.0
+    spliced_sums, kl_sums = [0.0] * len(saes), [0.0] * len(saes)
     n_pred = 0
     handle = splice_hook(point, replace)
     try:
@@ -172,21 +198,30 @@ def spliced_lm_loss(
             state["keep"] = bos_mask(ids, bos_token_id if exclude_bos else None)
             state["mode"] = "clean"
             logp_clean = _logprobs(model, ids)
-            sums["clean"] += _nll_sum(logp_clean, ids)
+            clean_sum += _nll_sum(logp_clean, ids)
             state["mode"] = "spliced"
-            logp = _logprobs(model, ids)
-            sums["spliced"] += _nll_sum(logp, ids)
-            # kl_div(input, target) = sum target * (log target - input) = KL(clean || spliced).
-            sums["kl"] += float(F.kl_div(logp, logp_clean, log_target=True, reduction="sum").double())
-            del logp, logp_clean
+            for i in range(len(saes)):
+                state["sae"] = i
+                logp = _logprobs(model, ids)
+                spliced_sums[i] += _nll_sum(logp, ids)
+                # kl_div(input, target) = sum target * (log target - input) = KL(clean || spliced).
+                kl_sums[i] += float(F.kl_div(logp, logp_clean, log_target=True, reduction="sum").double())
+                del logp
+            del logp_clean
             if zero_ablation:
                 state["mode"] = "zero"
-                sums["zero"] += _nll_sum(_logprobs(model, ids), ids)
+                zero_sum += _nll_sum(_logprobs(model, ids), ids)
             n_pred += ids.shape[0] * (ids.shape[1] - 1)
     finally:
         handle.remove()
-    clean, spliced = sums["clean"] / n_pred, sums["spliced"] / n_pred
-    zero = sums["zero"] / n_pred if zero_ablation else float("nan")
-    denominator = zero - clean
-    recovered = (zero - spliced) / denominator if denominator != 0 else float("nan")
-    return SplicedLMLoss(clean, spliced, zero, spliced - clean, recovered, sums["kl"] / n_pred, n_pred)
+    clean = clean_sum / n_pred
+    zero = zero_sum / n_pred if zero_ablation else float("nan")
+    results = []
+    for spliced_sum, kl_sum in zip(spliced_sums, kl_sums, strict=True):
+        spliced = spliced_sum / n_pred
+        denominator = zero - clean
+        recovered = (zero - spliced) / denominator if denominator != 0 else float("nan")
+        results.append(
+            SplicedLMLoss(clean, spliced, zero, spliced - clean, recovered, kl_sum / n_pred, n_pred)
+        )
+    return results
