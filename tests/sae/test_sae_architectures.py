@@ -266,17 +266,26 @@ def test_unit_mean_squared_norm_scale():
     assert (s * x).pow(2).sum(1).mean().item() == pytest.approx(1.0)
 
 
-MATMULS_PER_STEP = [("relu", 2), ("gated", 2), ("jumprelu", 1), ("topk", 2), ("batchtopk", 2)]
+# (arch, big matmuls per training step while most latents fire, and once few do)
+MATMULS_PER_STEP = [("relu", 5, 2), ("gated", 7, 2), ("jumprelu", 5, 1), ("topk", 2, 2), ("batchtopk", 2, 2)]
+SHUT = {"relu": "b_enc", "gated": "b_gate"}  # a bias of -2.3 leaves ~1% of N(0, 1) pre-activations open
 
 
-@pytest.mark.parametrize(("arch", "matmuls"), MATMULS_PER_STEP)
-def test_a_training_step_costs_the_documented_number_of_big_matmuls(arch, matmuls):
+@pytest.mark.parametrize(("arch", "dense", "sparse"), MATMULS_PER_STEP)
+def test_a_training_step_costs_the_documented_number_of_big_matmuls(arch, dense, sparse):
     batch_size, d_in, d_sae = 64, 16, 128
     sae = build_sae(SAEConfig(d_in=d_in, d_sae=d_sae, arch=arch, k=4))
-    with FlopCounterMode(display=False) as counter:
-        sae(torch.randn(batch_size, d_in), 0.1).loss.backward()
+    x = torch.randn(batch_size, d_in, generator=torch.Generator().manual_seed(0))
     big = 2 * batch_size * d_in * d_sae
-    assert matmuls * big <= counter.get_total_flops() < (matmuls + 0.1) * big
+    for matmuls in (dense, sparse):
+        with FlopCounterMode(display=False) as counter:
+            sae(x, 0.1).loss.backward()
+        assert matmuls * big <= counter.get_total_flops() < (matmuls + 0.1) * big
+        with torch.no_grad():  # now only a few latents fire: the sparse path
+            if arch in SHUT:
+                getattr(sae, SHUT[arch]).fill_(-2.3)
+            elif arch == "jumprelu":
+                sae.threshold.fill_(2.3)
 
 
 # -- invariants every architecture shares -----------------------------------------------------------------
@@ -374,3 +383,28 @@ def test_class_and_config_must_agree():
 def test_load_names_the_missing_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="not a saved credo SAE"):
         SparseAutoencoder.load(tmp_path)
+
+
+@pytest.mark.parametrize("arch", ["relu", "gated", "jumprelu"])
+def test_sparse_training_path_equals_the_dense_one(arch, monkeypatch):
+    """Once few latents fire, training decodes sparsely; its loss and gradients must be the dense path's
+    (which the tests above check against naive references)."""
+    from credo.sae import sparse_decode
+
+    sae = build_sae(SAEConfig(d_in=D_IN, d_sae=400, arch=arch, dtype="float64", seed=3))
+    with torch.no_grad():
+        if arch in SHUT:
+            getattr(sae, SHUT[arch]).fill_(-2.0)
+        else:
+            sae.threshold.fill_(2.0)
+        sae.r_mag.add_(0.2) if arch == "gated" else None
+    x = batch(n=40)
+    density = float((sae.encode(x) != 0).double().mean())
+    assert 0.005 < density < sparse_decode.SPARSE_MAX_DENSITY
+    sparse_out, sparse_grads = sae(x, 0.3), grads(sae, x, 0.3)
+    monkeypatch.setattr(sparse_decode, "SPARSE_MAX_DENSITY", -1.0)  # every batch takes the dense path
+    dense_out, dense_grads = sae(x, 0.3), grads(sae, x, 0.3)
+    torch.testing.assert_close(sparse_out.loss, dense_out.loss)
+    torch.testing.assert_close(sparse_out.feature_acts, dense_out.feature_acts)
+    for name, g in dense_grads.items():
+        torch.testing.assert_close(sparse_grads[name], g, msg=name)

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from credo.sae.base import SAEOutput, SparseAutoencoder, register_sae
-from credo.sae.sparse_decode import ActiveEntries
+from credo.sae.sparse_decode import ActiveEntries, sparse_pays
 
 
 @register_sae("gated")
@@ -58,9 +58,12 @@ class GatedSAE(SparseAutoencoder):
 
     def forward(self, x: Tensor, sparsity_coefficient: float = 0.0) -> SAEOutput:
         xs = self._scaled_input(x)
+        z = self._centred_preactivations(xs, torch.zeros_like(self.b_gate))
         if torch.is_grad_enabled():
-            return self._sparse_forward(xs, sparsity_coefficient)
-        pi_gate, pi_mag = self.gate_and_magnitude(xs)
+            mask = z > -self.b_gate  # pi_gate > 0
+            if sparse_pays(mask):
+                return self._sparse_forward(xs, z, mask, sparsity_coefficient)
+        pi_gate, pi_mag = z + self.b_gate, torch.addcmul(self.b_mag, z, self.r_mag.exp())
         gate = torch.relu(pi_gate)
         # The Heaviside gate passes no gradient: the gate learns only from the L1 and auxiliary terms.
         f = torch.where(pi_gate > 0, torch.relu(pi_mag), 0.0)
@@ -70,11 +73,10 @@ class GatedSAE(SparseAutoencoder):
         aux = F.mse_loss(via_gate, xs, reduction="sum") / xs.shape[0]
         return self._output(xs, xs_hat, f, sparsity, aux)
 
-    def _sparse_forward(self, xs: Tensor, sparsity_coefficient: float) -> SAEOutput:
+    def _sparse_forward(self, xs: Tensor, z: Tensor, mask: Tensor, sparsity_coefficient: float) -> SAEOutput:
         """The same loss and gradients, with both decoders run on the open gates only
         (:mod:`credo.sae.sparse_decode`); ``ReLU(pi_gate)`` is zero wherever the gate is shut."""
-        z = self._centred_preactivations(xs, torch.zeros_like(self.b_gate))
-        active = ActiveEntries(z > -self.b_gate)  # pi_gate > 0
+        active = ActiveEntries(mask)
         z_active, cols = active.gather(z), active.cols
         gate = z_active + self.b_gate[cols]
         magnitude = torch.relu(torch.addcmul(self.b_mag[cols], z_active, self.r_mag[cols].exp()))

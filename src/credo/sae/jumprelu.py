@@ -11,6 +11,7 @@ from torch import Tensor, nn
 
 from credo.sae.base import SAEOutput, SparseAutoencoder, register_sae
 from credo.sae.jumprelu_sparse import SparseJumpReLUStep
+from credo.sae.sparse_decode import sparse_pays
 
 
 def _rectangle_window(z: Tensor, theta: Tensor, bandwidth: float) -> Tensor:
@@ -122,9 +123,13 @@ class JumpReLUSAE(SparseAutoencoder):
     def forward(self, x: Tensor, sparsity_coefficient: float = 0.0) -> SAEOutput:
         xs = self._scaled_input(x)
         theta = self.theta
-        if torch.is_grad_enabled() and xs.dtype in (torch.float32, torch.float64):
-            return self._sparse_forward(xs, theta, sparsity_coefficient)
         pre = torch.addmm(self.b_enc, xs, self.W_enc)
+        if (
+            torch.is_grad_enabled()
+            and xs.dtype in (torch.float32, torch.float64)
+            and sparse_pays(pre > theta)
+        ):
+            return self._sparse_forward(xs, pre.detach(), theta, sparsity_coefficient)
         f = JumpReLUFunction.apply(pre, theta, self.cfg.bandwidth)
         xs_hat = torch.addmm(self.b_dec, f, self.W_dec)
         sparsity = None
@@ -133,10 +138,12 @@ class JumpReLUSAE(SparseAutoencoder):
             sparsity = sparsity_coefficient * l0
         return self._output(xs, xs_hat, f, sparsity, None)
 
-    def _sparse_forward(self, xs: Tensor, theta: Tensor, sparsity_coefficient: float) -> SAEOutput:
+    def _sparse_forward(
+        self, xs: Tensor, pre: Tensor, theta: Tensor, sparsity_coefficient: float
+    ) -> SAEOutput:
         """The training forward of :mod:`credo.sae.jumprelu_sparse`: same values and gradients, one big matmul."""
         xs_hat, f, l0 = SparseJumpReLUStep.apply(
-            xs, self.W_enc, self.b_enc, theta, self.W_dec, self.b_dec, self.cfg.bandwidth
+            xs, self.W_enc, self.b_enc, theta, self.W_dec, self.b_dec, self.cfg.bandwidth, pre
         )
         recon = F.mse_loss(xs_hat, xs, reduction="sum") / xs.shape[0]
         zero = recon.new_zeros(())

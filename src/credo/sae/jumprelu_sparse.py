@@ -38,7 +38,8 @@ def _offsets(index: Tensor, n: int) -> Tensor:
 
 
 class SparseJumpReLUStep(torch.autograd.Function):
-    """``(xs_hat, f, l0) = step(xs, W_enc, b_enc, theta, W_dec, b_dec, eps)``: JumpReLU encode and decode.
+    """``(xs_hat, f, l0) = step(xs, W_enc, b_enc, theta, W_dec, b_dec, eps[, pre])``: JumpReLU encode and
+    decode (``pre = xs W_enc + b_enc``, computed here unless given).
 
     ``xs`` ``[B, d_in]`` are scaled inputs, ``f`` ``[B, d_sae]`` the dense latents (no gradient flows
     through it), ``l0`` the mean number of active latents per row, differentiable in ``theta`` through the
@@ -48,10 +49,11 @@ class SparseJumpReLUStep(torch.autograd.Function):
     @staticmethod
     def forward(
         ctx: Any, xs: Tensor, W_enc: Tensor, b_enc: Tensor, theta: Tensor, W_dec: Tensor, b_dec: Tensor,
-        bandwidth: float,
+        bandwidth: float, pre: Tensor | None = None,
     ) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
         B, d_sae = xs.shape[0], W_enc.shape[1]
-        pre = torch.addmm(b_enc, xs, W_enc)
+        if pre is None:  # the caller may pass xs W_enc + b_enc, computed already
+            pre = torch.addmm(b_enc, xs, W_enc)
         # Candidates: every entry that is active or inside the window; sorted by row.
         rows, cols = (pre > theta - bandwidth / 2).nonzero(as_tuple=True)
         values = pre[rows, cols]
@@ -123,4 +125,4 @@ class SparseJumpReLUStep(torch.autograd.Function):
             grad_W_dec = col_sum(g, f_values)
         if need[5]:
             grad_b_dec = g.sum(0)
-        return grad_xs, grad_W_enc, grad_b_enc, grad_theta, grad_W_dec, grad_b_dec, None
+        return grad_xs, grad_W_enc, grad_b_enc, grad_theta, grad_W_dec, grad_b_dec, None, None

@@ -6,7 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from credo.sae.base import SAEOutput, SparseAutoencoder, register_sae
-from credo.sae.sparse_decode import ActiveEntries
+from credo.sae.sparse_decode import ActiveEntries, sparse_pays
 
 
 @register_sae("relu")
@@ -41,18 +41,22 @@ class ReLUSAE(SparseAutoencoder):
 
     def forward(self, x: Tensor, sparsity_coefficient: float = 0.0) -> SAEOutput:
         xs = self._scaled_input(x)
+        pre = self._centred_preactivations(xs, self.b_enc)
         if torch.is_grad_enabled():
-            return self._sparse_forward(xs, sparsity_coefficient)
-        f = torch.relu(self._centred_preactivations(xs, self.b_enc))
+            mask = pre > 0
+            if sparse_pays(mask):
+                return self._sparse_forward(xs, pre, mask, sparsity_coefficient)
+        f = torch.relu(pre)
         xs_hat = torch.addmm(self.b_dec, f, self.W_dec)
         # sum_b sum_i f_bi ||W_dec,i|| as one [d_sae] dot product: no [B, d_sae] temporary.
         sparsity = sparsity_coefficient * (f.sum(0) @ self.W_dec.norm(dim=1)) / xs.shape[0]
         return self._output(xs, xs_hat, f, sparsity, None)
 
-    def _sparse_forward(self, xs: Tensor, sparsity_coefficient: float) -> SAEOutput:
+    def _sparse_forward(
+        self, xs: Tensor, pre: Tensor, mask: Tensor, sparsity_coefficient: float
+    ) -> SAEOutput:
         """The same loss and gradients, decoding only the active latents (:mod:`credo.sae.sparse_decode`)."""
-        pre = self._centred_preactivations(xs, self.b_enc)
-        active = ActiveEntries(pre > 0)
+        active = ActiveEntries(mask)
         values = active.gather(pre)
         xs_hat = active.decode(values, self.W_dec, self.b_dec)
         norms = self.W_dec.norm(dim=1)

@@ -18,6 +18,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+SPARSE_MAX_DENSITY = 0.05
+"""Decode sparsely only while at most this share of the latents is active (early in training, before the
+sparsity penalty bites, half of them are, and a dense matmul is faster than gathering them)."""
+
+
+def sparse_pays(mask: Tensor) -> bool:
+    """Whether the ``[B, d_sae]`` mask of active latents is sparse enough for the sparse path."""
+    return bool(mask.sum() <= SPARSE_MAX_DENSITY * mask.numel())
+
 
 class ActiveEntries:
     """The ``True`` entries of a ``[B, d_sae]`` mask, row by row: ``rows``, ``cols`` and CSR ``offsets``."""
