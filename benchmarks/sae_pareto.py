@@ -10,7 +10,7 @@ Recipe, the same for every SAE: the credo trainer's Gemma Scope defaults (Adam b
 scaled to E||x||^2 = 1, unit-norm decoder rows for Gated and JumpReLU, the ReLU baseline's L1 weighted by
 decoder norms instead), except the budget: batch 1024 and a peak lr of 5e-4 with warm-ups capped at 5% of
 the ~1,070 steps and a linear decay over the last 20%. Gemma Scope's lr 7e-5 assumes hundreds of thousands
-of steps. Five sparsity coefficients per architecture, chosen a priori to span L0 from tens to hundreds.
+of steps. Four sparsity coefficients per architecture, chosen a priori to span L0 from tens to hundreds.
 
 Claims checked (Rajamanoharan et al. 2024, Gated SAEs; Lieberum et al. 2024, Gemma Scope): Gated and
 JumpReLU reach lower FVU and delta LM loss than ReLU at matched L0; Gated needs about half the L0 of ReLU
@@ -39,9 +39,9 @@ from credo.sae.train import train_saes
 from credo.sae.train_config import SAETrainConfig
 
 COEFFICIENTS = {
-    "relu": (0.02, 0.05, 0.1, 0.2, 0.5),
-    "gated": (0.02, 0.05, 0.1, 0.2, 0.5),
-    "jumprelu": (0.002, 0.005, 0.01, 0.02, 0.05),
+    "relu": (0.02, 0.05, 0.12, 0.3),
+    "gated": (0.02, 0.05, 0.12, 0.3),
+    "jumprelu": (0.002, 0.005, 0.012, 0.03),
 }
 COLOURS = {"relu": "tab:gray", "gated": "tab:blue", "jumprelu": "tab:red"}
 
@@ -89,17 +89,35 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=5e-4)
     parser.add_argument("--lm-tokens", type=int, default=16384, help="held-out tokens for the LM-loss splice")
     parser.add_argument("--lm-batch-size", type=int, default=8)
+    parser.add_argument(
+        "--total-tokens",
+        type=int,
+        default=0,
+        help="training tokens (0: one pass over the store; more: epochs)",
+    )
+    parser.add_argument(
+        "--partial-store", action="store_true",
+        help="train on the store as it is, even if its harvest has not finished (it is resumed otherwise)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--add", default="",
+        help="extra SAEs, e.g. jumprelu:0.0005,jumprelu:0.001: trained in their own pass (out/saes-add), "
+        "evaluated on the same held-out windows and added to the existing results/sae_pareto.json",
+    )  # fmt: skip
     args = parser.parse_args()
 
     out = Path(args.out)
     site = f"blocks.{args.layer}.hook_resid_post"
     acts = out / "acts" / site
-    if not (acts / "manifest.json").is_file() or not _complete(acts):
+    if not (acts / "manifest.json").is_file() or not (_complete(acts) or args.partial_store):
         run_harvest(HarvestConfig(model="smollm2", layers=(args.layer,), out=str(out / "acts")))
     specs = tuple(f"{arch}:{c}" for arch, cs in COEFFICIENTS.items() for c in cs)
+    if args.add:
+        specs = tuple(args.add.split(","))
+    saes_dir = out / ("saes-add" if args.add else "saes")
     cfg = SAETrainConfig(
-        acts=str(acts), out=str(out / "saes"), saes=specs, expansion_factor=8.0, batch_size=args.batch_size,
-        lr=args.lr, checkpoint_every=100, log_every=50,
+        acts=str(acts), out=str(saes_dir), saes=specs, expansion_factor=8.0, batch_size=args.batch_size,
+        lr=args.lr, total_tokens=args.total_tokens, checkpoint_every=100, log_every=50,
     )  # fmt: skip
     dirs = train_saes(cfg)
 
@@ -133,6 +151,11 @@ def main() -> None:
                 "kl_divergence": lm.kl_divergence,
             }
         )
+    if args.add:  # the earlier SAEs were evaluated on the same windows: keep their rows
+        import json
+
+        earlier = json.loads((RESULTS / "sae_pareto.json").read_text())["saes"]
+        rows = [r for r in earlier if r["sae"] not in {row["sae"] for row in rows}] + rows
     relu = [r for r in rows if r["arch"] == "relu"]
     # For each Gated / JumpReLU point: the L0 ReLU needs for the same FVU, divided by the point's L0.
     l0_ratio: dict[str, list[dict]] = {"gated": [], "jumprelu": []}
@@ -143,6 +166,7 @@ def main() -> None:
                 {"l0": r["l0"], "relu_l0_at_same_fvu": needed, "ratio": needed / r["l0"]}
             )
     gamma = {arch: [r["gamma"] for r in rows if r["arch"] == arch] for arch in COEFFICIENTS}
+    specs = tuple(f"{r['arch']}:{r['sparsity_coefficient']}" for r in rows)
     plot(rows, RESULTS / "sae_pareto.png")
     write_result(
         "sae_pareto",
@@ -150,12 +174,16 @@ def main() -> None:
             "model": "smollm2",
             "site": site,
             "width": saes[0].cfg.d_sae,
-            "train_tokens": cfg.batch_size * _steps(acts, cfg.batch_size),
+            "command_history": "a first run of the 12 SAEs of COEFFICIENTS, then --add runs (see 'command')",
+            "train_tokens": args.total_tokens or cfg.batch_size * _steps(acts, cfg.batch_size),
+            "store_tokens": _steps(acts, 1),
+            "store_complete": _complete(acts),
             "batch_size": cfg.batch_size,
             "lr": cfg.lr,
             "held_out_lm_tokens": losses[0].n_predictions,
             "clean_loss": losses[0].clean_loss,
             "zero_ablation_loss": losses[0].zero_ablation_loss,
+            "sparsity_coefficients": specs,
             "saes": rows,
             "relu_l0_needed_for_the_same_fvu": l0_ratio,
             "gamma_by_arch": gamma,
