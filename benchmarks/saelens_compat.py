@@ -1,9 +1,9 @@
 """SAELens compatibility: SAEs saved by credo in the SAELens layout load in sae-lens and compute the same.
 
 Needs sae-lens, a dev extra (``pip install -e '.[dev]'``; about 950 MB). tests/sae/test_saelens_interop.py
-checks both directions on every ``make test``; this script records the figures. For each architecture both formats share, a credo SAE with
-perturbed weights is written with ``save_saelens``, read back with ``sae_lens.SAE.load_from_disk``, and the two
-encode and decode the same random inputs.
+checks both directions on every ``make test``; this script records the figures. For each architecture
+both formats share, a credo SAE with perturbed weights is written with ``save_saelens``, read back with
+``sae_lens.SAE.load_from_disk``, and the two encode and decode the same random inputs.
 
     python benchmarks/saelens_compat.py
 """

@@ -1,11 +1,12 @@
 """The benchmark harness: methods x tasks x seeds, a resumable results store, tables with error bars,
-a report.
+a report, for classification and regression tasks.
 
 ``run_benchmark("fashion-mnist", ["softmax", "ensemble"], seeds=3, out="runs/fm")`` trains every cell,
 writes ``out/cells/<method>/seed<k>.{json,npz}`` as each finishes, then ``results.json``, ``table.md`` and a
 self-contained ``report.html``. Rerunning the same call skips finished cells and resumes an interrupted one.
 """
 
+from credo.bench import regression_tasks  # registers virtual-diagnostic, diabetes, auto-mpg
 from credo.bench.aggregate import (
     ResultsTable,
     Summary,
@@ -14,7 +15,15 @@ from credo.bench.aggregate import (
     to_markdown,
     write_results_json,
 )
-from credo.bench.methods import BENCH_METHODS, SEED_STRIDE, BenchMethod, bench_method, build_method
+from credo.bench.methods import (
+    BENCH_METHODS,
+    REGRESSION_BENCH_METHODS,
+    SEED_STRIDE,
+    BenchMethod,
+    bench_method,
+    build_method,
+)
+from credo.bench.regression import REGRESSION_QUANTILE_LEVELS, evaluate_regression
 from credo.bench.report import write_report
 from credo.bench.runner import BenchResult, evaluate, run_benchmark, run_cell
 from credo.bench.store import Cell, ResultsStore
@@ -22,6 +31,8 @@ from credo.bench.tasks import TASKS, Budget, Task, TaskData, get_task, register_
 
 __all__ = [
     "BENCH_METHODS",
+    "REGRESSION_BENCH_METHODS",
+    "REGRESSION_QUANTILE_LEVELS",
     "SEED_STRIDE",
     "TASKS",
     "BenchMethod",
@@ -37,9 +48,11 @@ __all__ = [
     "bench_method",
     "build_method",
     "evaluate",
+    "evaluate_regression",
     "get_task",
     "mean_and_se",
     "register_task",
+    "regression_tasks",
     "run_benchmark",
     "run_cell",
     "to_markdown",

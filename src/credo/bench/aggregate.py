@@ -22,6 +22,7 @@ HIGHER_IS_BETTER = {
     "accuracy_50": True, "auc_50": True,
     "nll": False, "brier": False, "ece": False, "ace": False, "aurc": False, "fpr_at_95_tpr": False,
     "train_s": False, "predict_s": False, "predict_per_1000_s": False,
+    "rmse": False, "crps": False, "width_90": False, "coverage_error": False,
 }  # fmt: skip
 """Direction of each metric (by the last part of its key), shown as an arrow in table headers."""
 

@@ -7,6 +7,8 @@ Everything is read back from the store, so a report can be rebuilt from ``out/``
 * OOD score histograms, test set against each OOD set, per method, pooled over seeds;
 * referral curves: accuracy (and, for two classes, ROC AUC) on the retained test examples against the
   retained fraction, the mean over seeds with a band of ± 1 standard error.
+
+Regression tasks get the plots of :mod:`credo.bench.report_regression` instead.
 """
 
 from __future__ import annotations
@@ -141,30 +143,19 @@ def write_report(out: str | Path) -> Path:
     markdown = to_markdown(table)
     atomic_write(out / "table.md", lambda f: f.write(markdown.encode()))
     groups = _by_method(cells, order)
-    ood_sets = list(dict.fromkeys(k.split("/")[1] for c in cells for k in c.arrays if k.startswith("ood/")))
-    binary = all(c.arrays["test/probs"].shape[1] == 2 for c in cells)
-
     sections = [
         "<h2>Results</h2>",
         '<p class="note">Mean ± standard error over seeds (std with ddof=1 / sqrt(n)); "–" where one seed '
         "leaves the error undefined. ↑ higher is better, ↓ lower is better. Times in seconds.</p>",
         table_html(table),
-        "<h2>Reliability diagrams (test set, all seeds pooled)</h2>",
-        _img("reliability", "reliability diagrams", reliability_figure(groups)),
-        "<h2>OOD score histograms (all seeds pooled)</h2>",
     ]
-    if ood_sets:
-        sections.append(_img("ood-histogram", "OOD score histograms", ood_figure(groups, ood_sets)))
+    if run.get("kind") == "regression" or "test/probs" not in cells[0].arrays:
+        from credo.bench.report_regression import regression_sections
+
+        sections += regression_sections(groups)
     else:
-        sections.append('<p class="note">This task has no OOD sets.</p>')
-    sections += [
-        "<h2>Referral curves (test set, mean ± 1 SE over seeds)</h2>",
-        '<p class="note">The most uncertain examples are referred first; each point is computed on the '
-        "examples that are kept.</p>",
-        _img("referral", "referral curves", referral_figure(groups, binary)),
-        "<h2>Run</h2>",
-        _run_html(run, groups),
-    ]
+        sections += _classification_sections(groups, cells)
+    sections += ["<h2>Run</h2>", _run_html(run, groups)]
     title = f"credo bench: {run.get('task', '?')} ({run.get('budget', '?')} budget)"
     page = (
         f'<!DOCTYPE html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
@@ -174,6 +165,27 @@ def write_report(out: str | Path) -> Path:
     path = out / "report.html"
     atomic_write(path, lambda f: f.write(page.encode()))
     return path
+
+
+def _classification_sections(groups: dict[str, list[Cell]], cells: list[Cell]) -> list[str]:
+    """Reliability diagrams, OOD score histograms and referral curves."""
+    ood_sets = list(dict.fromkeys(k.split("/")[1] for c in cells for k in c.arrays if k.startswith("ood/")))
+    binary = all(c.arrays["test/probs"].shape[1] == 2 for c in cells)
+    sections = [
+        "<h2>Reliability diagrams (test set, all seeds pooled)</h2>",
+        _img("reliability", "reliability diagrams", reliability_figure(groups)),
+        "<h2>OOD score histograms (all seeds pooled)</h2>",
+    ]
+    if ood_sets:
+        sections.append(_img("ood-histogram", "OOD score histograms", ood_figure(groups, ood_sets)))
+    else:
+        sections.append('<p class="note">This task has no OOD sets.</p>')
+    return sections + [
+        "<h2>Referral curves (test set, mean ± 1 SE over seeds)</h2>",
+        '<p class="note">The most uncertain examples are referred first; each point is computed on the '
+        "examples that are kept.</p>",
+        _img("referral", "referral curves", referral_figure(groups, binary)),
+    ]
 
 
 def _run_html(run: dict[str, Any], groups: dict[str, list[Cell]]) -> str:

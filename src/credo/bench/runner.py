@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from credo import __version__
 from credo.bench.aggregate import ResultsTable, aggregate, to_markdown, write_results_json
 from credo.bench.methods import build_method
+from credo.bench.regression import evaluate_regression
 from credo.bench.store import Cell, ResultsStore
 from credo.bench.tasks import Task, TaskData, get_task
 from credo.config import config_to_dict
@@ -96,6 +97,7 @@ def run_benchmark(
             "task": task_obj.name,
             "budget": budget,
             "setup": {"budget": setup, "overrides": overrides},
+            "kind": task_obj.kind,
             "methods": list(methods),
             "seeds": seed_list,
             "command": command if command is not None else shlex.join(sys.argv),
@@ -127,11 +129,13 @@ def run_benchmark(
             store.remove_checkpoint(method_name, seed)
             computed.append((method_name, seed))
             bar.update()
+            headline = "test/accuracy" if task_obj.kind == "classification" else "test/rmse"
             log.info(
-                "%s seed %d: test accuracy %.4f, trained in %.1f s",
+                "%s seed %d: %s %.4f, trained in %.1f s",
                 method_name,
                 seed,
-                cell.metrics["test/accuracy"],
+                headline,
+                cell.metrics[headline],
                 cell.metrics["time/train_s"],
             )
     except KeyboardInterrupt:
@@ -178,7 +182,9 @@ def run_cell(
     method.fit(train_loader, val_loader)
     train_s = time.perf_counter() - start
     torch.manual_seed(fit_seed)  # stochastic predictions (MC dropout) are reproducible per cell
-    metrics, arrays, predict_s = evaluate(method, data)
+    metrics, arrays, predict_s = (evaluate_regression if task_obj.kind == "regression" else evaluate)(
+        method, data
+    )
     n_test = len(data.test)
     metrics["time/train_s"] = train_s
     metrics["time/predict_s"] = predict_s

@@ -82,29 +82,46 @@ class Task:
     make_data: Callable[[], TaskData]
     """Builds the full, preprocessed data (budgets subsample it in :meth:`load`)."""
     num_classes: int
-    """Number of classes."""
+    """Number of classes (0 for a regression task)."""
     in_shape: tuple[int, ...]
     """Shape of one input without the batch dimension."""
     backbone: BackboneConfig
     """Default network; its ``in_shape`` and ``num_outputs`` must match the task."""
     budgets: dict[str, Budget]
     """Budgets by name (``test``, ``demo``, ``full``, or your own)."""
-    kind: Literal["classification"] = "classification"
-    """Only classification for now."""
+    kind: Literal["classification", "regression"] = "classification"
+    """classification (class labels, referral and OOD metrics) or regression (interval and CRPS metrics)."""
+    target_shape: tuple[int, ...] = ()
+    """Regression only: shape of one target, e.g. () for a number, (64,) for a current profile."""
     description: str = ""
     """One paragraph for the report: what the data is, what the OOD and shifted sets are."""
 
     def __post_init__(self) -> None:
         self.in_shape = tuple(self.in_shape)
+        self.target_shape = tuple(self.target_shape)
+        if self.kind not in ("classification", "regression"):
+            raise ValueError(f"task kind must be 'classification' or 'regression', got {self.kind!r}")
+        if (self.kind == "regression") != (self.num_classes == 0):
+            raise ValueError(f"task {self.name!r}: num_classes must be 0 for regression and >= 2 otherwise")
+        what = (
+            "classes"
+            if self.kind == "classification"
+            else f"target elements (target_shape {self.target_shape})"
+        )
         for budget_name, backbone in [("default", self.backbone)] + [
             (k, b.backbone) for k, b in self.budgets.items() if b.backbone is not None
         ]:
-            if tuple(backbone.in_shape) != self.in_shape or backbone.num_outputs != self.num_classes:
+            if tuple(backbone.in_shape) != self.in_shape or backbone.num_outputs != self.num_outputs:
                 raise ValueError(
                     f"task {self.name!r}: the {budget_name} backbone has in_shape {backbone.in_shape} and "
                     f"{backbone.num_outputs} outputs, but the task has in_shape {self.in_shape} and "
-                    f"{self.num_classes} classes"
+                    f"{self.num_outputs} {what}"
                 )
+
+    @property
+    def num_outputs(self) -> int:
+        """Outputs of the backbone: the classes, or the number of elements of one regression target."""
+        return self.num_classes if self.kind == "classification" else math.prod(self.target_shape)
 
     def budget(self, name: str) -> Budget:
         """The budget called ``name``; a clear error lists the known ones."""
@@ -146,8 +163,8 @@ def _subset(ds: ArrayDataset, size: int | None, stratify: bool = False) -> Array
 
 
 TASKS: dict[str, Task] = {}
-"""Registered tasks by name: the built-in ``fashion-mnist`` and ``breast-cancer``, and any added with
-:func:`register_task`."""
+"""Registered tasks by name: the built-in ``fashion-mnist`` and ``breast-cancer``, the regression tasks of
+:mod:`credo.bench.regression_tasks`, and any added with :func:`register_task`."""
 
 
 def register_task(task: Task, overwrite: bool = False) -> Task:

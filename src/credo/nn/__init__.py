@@ -1,5 +1,52 @@
-"""Building blocks: backbones (and, as they land, spectral normalisation and Bayesian layers)."""
+"""Building blocks: backbones, Bayesian layers, spectral normalisation and residual feature extractors."""
 
-from credo.nn.backbones import MLP, BackboneConfig, FashionCNN, build_backbone, count_parameters
+from credo.nn.backbones import (
+    MLP,
+    BackboneConfig,
+    FashionCNN,
+    build_backbone,
+    build_resnet,
+    count_parameters,
+)
+from credo.nn.bayesian import (
+    BayesConv2d,
+    BayesianModule,
+    BayesLinear,
+    GaussianPrior,
+    gaussian_kl,
+    kl_divergence,
+    make_bayesian,
+)
+from credo.nn.full_covariance import FullCovLinear
+from credo.nn.resnets import ConvResNet, FCResNet, FeatureClassifier, WideResNet
+from credo.nn.spectral import (
+    SpectralBatchNorm1d,
+    SpectralBatchNorm2d,
+    estimated_spectral_norm,
+    spectral_norm,
+)
 
-__all__ = ["MLP", "BackboneConfig", "FashionCNN", "build_backbone", "count_parameters"]
+__all__ = [
+    "MLP",
+    "BackboneConfig",
+    "BayesConv2d",
+    "BayesLinear",
+    "BayesianModule",
+    "ConvResNet",
+    "FCResNet",
+    "FashionCNN",
+    "FeatureClassifier",
+    "FullCovLinear",
+    "GaussianPrior",
+    "SpectralBatchNorm1d",
+    "SpectralBatchNorm2d",
+    "WideResNet",
+    "build_backbone",
+    "build_resnet",
+    "count_parameters",
+    "estimated_spectral_norm",
+    "gaussian_kl",
+    "kl_divergence",
+    "make_bayesian",
+    "spectral_norm",
+]

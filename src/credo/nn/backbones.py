@@ -3,7 +3,8 @@
 ``FashionCNN`` is the Fashion-MNIST network of the DUQ paper (van Amersfoort et al., 2020): three
 convolution blocks of 64, 128 and 128 channels (3x3 convolutions, batch norm, 2x2 max-pool, ReLU) and a
 256-unit fully connected layer, then a linear head. ``MLP`` is a plain fully connected network for tabular
-data and toy problems.
+data and toy problems. ``fc_resnet``, ``conv_resnet`` and ``wide_resnet`` are the residual feature extractors of
+:mod:`credo.nn.resnets` with a linear head, spectrally normalised when ``spectral_coeff`` is set.
 """
 
 from __future__ import annotations
@@ -15,13 +16,17 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from credo.nn.resnets import ConvResNet, FCResNet, FeatureClassifier, WideResNet
+from credo.nn.spectral import check_coeff
+
 
 @dataclass
 class BackboneConfig:
     """What network to build."""
 
-    name: Literal["fashion_cnn", "mlp"] = "fashion_cnn"
-    """``fashion_cnn``: the DUQ paper's 28x28 CNN; ``mlp``: a fully connected network."""
+    name: Literal["fashion_cnn", "mlp", "fc_resnet", "conv_resnet", "wide_resnet"] = "fashion_cnn"
+    """``fashion_cnn``: the DUQ paper's 28x28 CNN; ``mlp``: a fully connected network; ``fc_resnet``,
+    ``conv_resnet``, ``wide_resnet``: the residual extractors of :mod:`credo.nn.resnets` (toy data, 28x28, 32x32)."""
     in_shape: tuple[int, ...] = (1, 28, 28)
     """Shape of one input, without the batch dimension."""
     num_outputs: int = 10
@@ -30,12 +35,34 @@ class BackboneConfig:
     """Hidden widths of the MLP (ignored by the CNN)."""
     dropout: float = 0.0
     """Dropout probability after every hidden block (MC dropout keeps it on at test time)."""
+    spectral_coeff: float | None = None
+    """ResNets only: soft spectral normalisation coefficient c of every layer (DUE: 0.95 for fc_resnet, 3 for
+    images); None: no spectral normalisation."""
+    features: int | None = None
+    """ResNets only, their width (None: default): fc_resnet hidden units (128), conv_resnet base channels (32),
+    wide_resnet widen factor (10)."""
+    depth: int | None = None
+    """ResNets only (None: default): fc_resnet residual blocks (4), conv_resnet blocks per stage (1), wide_resnet
+    total depth 6n + 4 (28)."""
 
     def __post_init__(self) -> None:
         self.in_shape = tuple(self.in_shape)
         self.hidden = tuple(self.hidden)
-        if self.name not in ("fashion_cnn", "mlp"):
-            raise ValueError(f"unknown backbone {self.name!r}; choose 'fashion_cnn' or 'mlp'")
+        if self.name not in BACKBONE_NAMES:
+            raise ValueError(f"unknown backbone {self.name!r}; choose one of {', '.join(BACKBONE_NAMES)}")
+        resnet = self.name in ("fc_resnet", "conv_resnet", "wide_resnet")
+        for key in ("spectral_coeff", "features", "depth"):
+            if getattr(self, key) is not None and not resnet:
+                raise ValueError(
+                    f"{key} applies to fc_resnet, conv_resnet and wide_resnet only, not {self.name!r}; "
+                    f"leave it None or pick one of those backbones"
+                )
+        if self.spectral_coeff is not None:
+            check_coeff(self.spectral_coeff)
+        if self.features is not None and self.features < 1:
+            raise ValueError(f"features must be >= 1, got {self.features}")
+        if self.name in ("conv_resnet", "wide_resnet") and len(self.in_shape) != 3:
+            raise ValueError(f"{self.name} takes images: in_shape must be (C, H, W), got {self.in_shape}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.num_outputs < 1:
@@ -45,6 +72,10 @@ class BackboneConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+BACKBONE_NAMES = ("fashion_cnn", "mlp", "fc_resnet", "conv_resnet", "wide_resnet")
+"""Every backbone :func:`build_backbone` knows."""
 
 
 class FashionCNN(nn.Module):
@@ -105,7 +136,26 @@ def build_backbone(cfg: BackboneConfig) -> nn.Module:
     """Build the network ``cfg`` describes, with PyTorch's default initialisation under the current seed."""
     if cfg.name == "fashion_cnn":
         return FashionCNN(cfg.in_shape[0], cfg.num_outputs, cfg.dropout)
+    if cfg.name in ("fc_resnet", "conv_resnet", "wide_resnet"):
+        return FeatureClassifier(build_resnet(cfg), cfg.num_outputs)
     return MLP(math.prod(cfg.in_shape), cfg.hidden, cfg.num_outputs, cfg.dropout)
+
+
+def build_resnet(cfg: BackboneConfig) -> nn.Module:
+    """The residual feature extractor (no head) of a ``fc_resnet``/``conv_resnet``/``wide_resnet`` config."""
+    sn = {"spectral_normalization": cfg.spectral_coeff is not None, "dropout": cfg.dropout}
+    if cfg.spectral_coeff is not None:
+        sn["coeff"] = cfg.spectral_coeff
+    size = {k: v for k, v in (("features", cfg.features), ("depth", cfg.depth)) if v is not None}
+    if cfg.name == "fc_resnet":
+        return FCResNet(math.prod(cfg.in_shape), **size, **sn)
+    if cfg.name == "conv_resnet":
+        return ConvResNet(cfg.in_shape, **size, **sn)
+    if cfg.name == "wide_resnet":
+        if "features" in size:
+            size["widen_factor"] = size.pop("features")
+        return WideResNet(cfg.in_shape, **size, **sn)
+    raise ValueError(f"{cfg.name!r} is not a residual backbone; choose fc_resnet, conv_resnet or wide_resnet")
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -28,10 +28,11 @@ from credo.uncertainty.fit import FitConfig, FitHistory, fit_loop
 class Prediction:
     """What a method says about a batch.
 
-    Classification fills ``probs``; regression fills ``mean`` and ``std`` (or ``quantiles`` at
-    ``quantile_levels``). ``uncertainty`` is one score per example; ``higher_is_uncertain`` says which way it
-    points (DUQ's kernel value, for one, is a certainty: lower means more uncertain). Use :attr:`score` for a
-    number that always grows with uncertainty, as OOD and referral metrics expect.
+    Classification fills ``probs``; regression fills ``mean``, ``quantiles`` at ``quantile_levels`` and, when
+    the predictive distribution has one, ``std`` (see :mod:`credo.uncertainty.regression`). ``uncertainty`` is
+    one score per example; ``higher_is_uncertain`` says which way it points (DUQ's kernel value, for one, is a
+    certainty: lower means more uncertain). Use :attr:`score` for a number that always grows with
+    uncertainty, as OOD and referral metrics expect.
     """
 
     uncertainty: Tensor
@@ -39,11 +40,11 @@ class Prediction:
     probs: Tensor | None = None
     """``[N, C]`` predictive class probabilities."""
     mean: Tensor | None = None
-    """``[N]`` or ``[N, D]`` predictive mean."""
+    """``[N, *target_shape]`` predictive mean (or point prediction): ``[N]``, ``[N, D]`` or ``[N, H, W]``."""
     std: Tensor | None = None
     """Predictive standard deviation, shaped like ``mean``."""
     quantiles: Tensor | None = None
-    """``[N, Q]`` (or ``[N, D, Q]``) predicted quantiles at ``quantile_levels``."""
+    """``[N, *target_shape, Q]`` predicted quantiles at ``quantile_levels``, non-decreasing along the last axis."""
     quantile_levels: Tensor | None = None
     """``[Q]`` levels in (0, 1) of ``quantiles``."""
     higher_is_uncertain: bool = True

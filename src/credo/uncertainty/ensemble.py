@@ -2,8 +2,11 @@
 
 ``M`` members differ only in their random initialisation and data order (seed ``fit.seed + i``) and are
 trained independently, one after another; the prediction averages their distributions,
-``p(y | x) = (1/M) sum_i p_i(y | x)``. Each member checkpoints under ``checkpoint_dir/member_i``, so an
-interrupted ensemble resumes at the member (and epoch) it was on.
+``p(y | x) = (1/M) sum_i p_i(y | x)``. For regression members with Gaussian predictions (mean-variance
+networks, say) that is a Gaussian mixture: its mean and variance are closed-form and its quantiles are found
+by bisection on its CDF (:mod:`credo.uncertainty.mixture`); for quantile-network members the quantiles are
+averaged level by level (Vincentization), which keeps them non-crossing. Each member checkpoints under
+``checkpoint_dir/member_i``, so an interrupted ensemble resumes at the member (and epoch) it was on.
 """
 
 from __future__ import annotations
@@ -26,6 +29,13 @@ from credo.uncertainty.base import (
     register_method,
 )
 from credo.uncertainty.fit import FitHistory
+from credo.uncertainty.mixture import gaussian_mixture_prediction, interpolate_quantile, spread_from_quantiles
+from credo.uncertainty.regression import (
+    DEFAULT_QUANTILE_LEVELS,
+    RegressionMethod,
+    resolve_target_shape,
+    validate_regression_fields,
+)
 
 
 @dataclass
@@ -38,8 +48,13 @@ class EnsembleConfig(MethodConfig):
     """Ensemble size M."""
     member_config: dict[str, Any] = field(default_factory=dict)
     """Fields of the member's own config beyond backbone, fit and score (e.g. {"num_samples": 8})."""
+    target_shape: tuple[int, ...] | None = None
+    """Regression members only: the shape of one target, passed to every member (see RegressionConfig)."""
+    quantile_levels: tuple[float, ...] = DEFAULT_QUANTILE_LEVELS
+    """Regression members only: levels at which the ensemble (and every member) reports quantiles."""
 
     def __post_init__(self) -> None:
+        validate_regression_fields(self)
         if self.num_members < 1:
             raise ValueError(f"num_members must be >= 1, got {self.num_members}")
         if self.member == "ensemble":
@@ -73,6 +88,8 @@ class DeepEnsemble(UncertaintyMethod):
         base = config_to_dict(member_cls.Config())
         base.update(cfg.member_config)
         base.update(backbone=config_to_dict(cfg.backbone), score=cfg.score)
+        if "quantile_levels" in base:  # a regression member takes the ensemble's target shape and levels
+            base.update(target_shape=cfg.target_shape, quantile_levels=cfg.quantile_levels)
         configs = []
         for i in range(cfg.num_members):
             ckpt = str(Path(cfg.fit.checkpoint_dir) / f"member_{i}") if cfg.fit.checkpoint_dir else None
@@ -84,6 +101,18 @@ class DeepEnsemble(UncertaintyMethod):
         member_cls = METHODS[self.config.member]
         self.members = [member_cls(c) for c in self.member_configs()]
         return nn.ModuleList([m.model for m in self.members])
+
+    @property
+    def is_classifier(self) -> bool:
+        return self.members[0].is_classifier
+
+    @property
+    def is_regression(self) -> bool:
+        return isinstance(self.members[0], RegressionMethod) and not self.members[0].is_classifier
+
+    @property
+    def target_shape(self) -> tuple[int, ...]:
+        return resolve_target_shape(self.config.target_shape, self.config.backbone.num_outputs)
 
     def training_loss(self, x: Tensor, y: Tensor) -> Tensor:
         raise NotImplementedError("ensemble members are trained one by one: call fit, not training_loss")
@@ -103,7 +132,33 @@ class DeepEnsemble(UncertaintyMethod):
         self.check_input(x)
         return torch.stack([m.predict(x).probs for m in self.members])
 
+    @torch.no_grad()
+    def predictive_components(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Regression: every member's mixture components, stacked, ``[sum_i S_i, B, *target_shape]``."""
+        self.check_input(x)
+        parts = [m.predictive_components(x) for m in self.members]
+        return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+
     def predict(self, x: Tensor) -> Prediction:
+        if self.is_regression:
+            return self.predict_regression(x)
         samples = self.member_probs(x)
         probs = samples.mean(0)
         return Prediction(uncertainty=classification_score(probs, self.config.score, samples), probs=probs)
+
+    @torch.no_grad()
+    def predict_regression(self, x: Tensor) -> Prediction:
+        """The members' Gaussian mixture, or for quantile members the level-by-level mean of their quantiles."""
+        levels = torch.tensor(self.config.quantile_levels, dtype=torch.float64)
+        if self.members[0].gaussian_components:
+            means, stds = self.predictive_components(x)
+            return gaussian_mixture_prediction(means, stds, levels)
+        self.check_input(x)
+        q = torch.stack([m.predict(x).quantiles for m in self.members]).mean(0)
+        spread = spread_from_quantiles(q, levels) if len(levels) > 1 else torch.zeros_like(q[..., 0])
+        return Prediction(
+            uncertainty=spread.reshape(len(x), -1).mean(1),
+            mean=interpolate_quantile(q, levels, 0.5),
+            quantiles=q,
+            quantile_levels=levels.to(q.dtype),
+        )
