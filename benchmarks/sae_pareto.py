@@ -76,7 +76,7 @@ def plot(rows: list[dict], path: Path) -> None:
         ax.grid(alpha=0.3)
     axes[2].axhline(1.0, color="k", lw=0.8)
     axes[0].legend()
-    fig.suptitle("SmolLM2-135M blocks.15.hook_resid_post, width 4608, one pass over ~1.1M KJV tokens")
+    fig.suptitle("SmolLM2-135M blocks.15.hook_resid_post, width 4608, 1.1M training tokens of KJV text")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
