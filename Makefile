@@ -46,6 +46,8 @@ bench: env data
 	$(PY) benchmarks/fit_overhead.py
 	$(PY) benchmarks/harvest_speed.py
 	$(PY) benchmarks/sae_store_memory.py
+	$(PY) benchmarks/sae_train_speed.py
+	$(PY) benchmarks/sae_pareto.py
 	$(PY) benchmarks/fashion_mnist_quality.py
 
 clean:
