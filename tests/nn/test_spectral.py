@@ -260,3 +260,20 @@ def test_spectral_batch_norm_state_round_trip_is_exact(tmp_path):
     loaded = _state_round_trip(bn, SpectralBatchNorm2d(5, 1.0).double(), tmp_path).eval()
     x = torch.randn(2, 5, 4, 4, dtype=torch.float64)
     assert torch.equal(bn(x), loaded(x))
+
+
+def test_eval_mode_reuses_the_normalised_weight_until_the_weight_changes():
+    torch.manual_seed(0)
+    conv = spectral_norm(torch.nn.Conv2d(3, 4, 3, padding=1), coeff=0.5, input_shape=(3, 8, 8)).eval()
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        first = conv(x)
+        assert conv(x) is not first and torch.equal(conv(x), first)  # same weight, same output
+        w = conv.parametrizations.weight.original
+        w.mul_(3.0)  # an in-place change (an optimiser step, a load) must not be served from the cache
+        norm = conv.parametrizations.weight[0]
+        expected = torch.nn.functional.conv2d(
+            x, w / max(1.0, float(norm.sigma(w)) / 0.5), conv.bias, padding=1
+        )
+        torch.testing.assert_close(conv(x), expected)
+    torch.testing.assert_close(conv(x), expected)  # with gradients on: recomputed, the same

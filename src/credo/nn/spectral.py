@@ -153,6 +153,14 @@ class SoftSpectralNorm(nn.Module):
             )
         if self.training:
             self.power_iteration(weight.detach(), self.n_power_iterations)
+        elif not torch.is_grad_enabled():
+            # eval without gradients: W, u and v are fixed, so the normalised weight is computed once
+            key = (weight.data_ptr(), weight._version, self.u._version, self.v._version)
+            cached = self.__dict__.get("_eval_cache")
+            if cached is None or cached[0] != key:
+                cached = (key, weight / torch.clamp(self.sigma(weight) / self.coeff, min=1.0))
+                self.__dict__["_eval_cache"] = cached  # not a buffer: never saved, never moved
+            return cached[1]
         return weight / torch.clamp(self.sigma(weight) / self.coeff, min=1.0)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
