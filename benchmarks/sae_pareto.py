@@ -10,7 +10,8 @@ Recipe, the same for every SAE: the credo trainer's Gemma Scope defaults (Adam b
 scaled to E||x||^2 = 1, unit-norm decoder rows for Gated and JumpReLU, the ReLU baseline's L1 weighted by
 decoder norms instead), except the budget: batch 1024 and a peak lr of 5e-4 with warm-ups capped at 5% of
 the ~1,070 steps and a linear decay over the last 20%. Gemma Scope's lr 7e-5 assumes hundreds of thousands
-of steps. Four sparsity coefficients per architecture, chosen a priori to span L0 from tens to hundreds.
+of steps. Four sparsity coefficients for ReLU and Gated, seven for JumpReLU (the last four were the first
+guess, whose L0 all fell below 11), spanning L0 from a few to a hundred or more.
 
 Claims checked (Rajamanoharan et al. 2024, Gated SAEs; Lieberum et al. 2024, Gemma Scope): Gated and
 JumpReLU reach lower FVU and delta LM loss than ReLU at matched L0; Gated needs about half the L0 of ReLU
@@ -41,7 +42,7 @@ from credo.sae.train_config import SAETrainConfig
 COEFFICIENTS = {
     "relu": (0.02, 0.05, 0.12, 0.3),
     "gated": (0.02, 0.05, 0.12, 0.3),
-    "jumprelu": (0.002, 0.005, 0.012, 0.03),
+    "jumprelu": (0.0002, 0.0005, 0.001, 0.002, 0.005, 0.012, 0.03),
 }
 COLOURS = {"relu": "tab:gray", "gated": "tab:blue", "jumprelu": "tab:red"}
 
