@@ -6,6 +6,8 @@ With dropout masks ``m_s`` drawn afresh for each of ``S`` passes, the predictive
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -20,6 +22,20 @@ from credo.uncertainty.base import (
     register_method,
 )
 from credo.uncertainty.softmax import Softmax
+
+
+@contextmanager
+def dropout_sampling(model: nn.Module) -> Iterator[None]:
+    """Eval mode except for the ``nn.Dropout`` layers, which keep sampling masks (batch norm uses its running
+    statistics); the model is left in eval mode afterwards."""
+    model.eval()
+    for m in model.modules():
+        if isinstance(m, nn.Dropout):
+            m.train()
+    try:
+        yield
+    finally:
+        model.eval()
 
 
 @dataclass
@@ -51,14 +67,8 @@ class MCDropout(Softmax):
     def sample_probs(self, x: Tensor) -> Tensor:
         """``[S, B, C]`` class probabilities from ``S`` dropout masks."""
         self.check_input(x)
-        self.model.eval()
-        for m in self.model.modules():
-            if isinstance(m, nn.Dropout):
-                m.train()
-        try:
+        with dropout_sampling(self.model):
             return torch.stack([F.softmax(self.model(x), -1) for _ in range(self.config.num_samples)])
-        finally:
-            self.model.eval()
 
     def predict(self, x: Tensor) -> Prediction:
         samples = self.sample_probs(x)

@@ -12,10 +12,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from credo.nn import BackboneConfig
 from credo.uncertainty.base import register_method
+from credo.uncertainty.mc_dropout import dropout_sampling
 from credo.uncertainty.mean_variance import MeanVariance, MeanVarianceConfig
 
 
@@ -45,13 +46,7 @@ class MCDropoutRegression(MeanVariance):
     @torch.no_grad()
     def predictive_components(self, x: Tensor) -> tuple[Tensor, Tensor]:
         self.check_input(x)
-        self.model.eval()
-        for m in self.model.modules():
-            if isinstance(m, nn.Dropout):
-                m.train()
-        try:
+        with dropout_sampling(self.model):
             passes = [self.mean_and_variance(x) for _ in range(self.config.num_samples)]
-        finally:
-            self.model.eval()
         means = torch.stack([m for m, _ in passes])
         return means, torch.stack([v for _, v in passes]).sqrt()
