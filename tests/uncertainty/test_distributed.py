@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import torch
@@ -14,22 +11,14 @@ from credo.uncertainty import UncertaintyMethod
 WORKER = Path(__file__).with_name("ddp_worker.py")
 
 
-def _run(args: list[str], tmp_path: Path) -> None:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
-    proc = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-
-
-def test_two_process_training_matches_one_process(tmp_path):
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-    _run([*torchrun, str(WORKER), str(tmp_path / "two")], tmp_path)
-    _run([sys.executable, str(WORKER), str(tmp_path / "one")], tmp_path)
-    one = UncertaintyMethod.load(tmp_path / "one").model.state_dict()
-    two = UncertaintyMethod.load(tmp_path / "two").model.state_dict()
+def test_two_process_training_matches_one_process(one_and_two_processes):
+    one_dir, two_dir = one_and_two_processes(WORKER)
+    one = UncertaintyMethod.load(one_dir).model.state_dict()
+    two = UncertaintyMethod.load(two_dir).model.state_dict()
     assert one.keys() == two.keys()
     for k in one:
         torch.testing.assert_close(two[k], one[k], rtol=1e-5, atol=1e-6, msg=f"parameter {k} differs")
     # training moved the weights away from the shared initialisation (a loop that did nothing would also match)
-    loaded = UncertaintyMethod.load(tmp_path / "one")
+    loaded = UncertaintyMethod.load(one_dir)
     initial = type(loaded)(loaded.config).model.state_dict()
     assert not torch.allclose(initial["head.weight"], one["head.weight"], atol=1e-3)
