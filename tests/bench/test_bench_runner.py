@@ -220,6 +220,23 @@ def test_build_method_layers_task_budget_method_and_overrides(tmp_path):
         build_method("softmax", "breast-cancer", "huge", seed=0)
 
 
+def test_bdl_baselines_mfvi_and_ensemble_of_mc_dropout(tmp_path):
+    """The two BDL-benchmark baselines beyond softmax, MC dropout and the ensemble, configured and run."""
+    from credo.uncertainty import MCDropout
+
+    vi = build_method("mfvi", "breast-cancer", "full", seed=0)
+    assert vi.config.likelihood == "categorical" and vi.config.num_samples == 16
+    ens = build_method("ensemble_mc_dropout", "breast-cancer", "test", seed=1)
+    assert ens.config.member == "mc_dropout" and ens.config.num_members == 5
+    assert all(isinstance(m, MCDropout) for m in ens.members)
+    assert all(m.config.backbone.dropout == 0.1 and m.config.num_samples == 4 for m in ens.members)
+    assert [m.config.fit.seed for m in ens.members] == [SEED_STRIDE + i for i in range(5)]
+    result = run_benchmark("breast-cancer", ["mfvi", "ensemble_mc_dropout"], 1, tmp_path, budget="test")
+    for method in ("mfvi", "ensemble_mc_dropout"):
+        metrics = result.table.rows[method]
+        assert 0.5 < metrics["test/accuracy"].mean <= 1.0 and math.isfinite(metrics["referral/auc_50"].mean)
+
+
 def test_fashion_mnist_task_normalises_every_set_alike():
     data = get_task("fashion-mnist").load("test")
     assert len(data.train) == len(data.test) == 256 and set(data.ood) == {"mnist", "digits"}

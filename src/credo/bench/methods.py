@@ -67,6 +67,22 @@ BENCH_METHODS: dict[str, BenchMethod] = {
         per_budget={"demo": {"num_samples": 8}, "test": {"num_samples": 4}},
     ),
     "ensemble": BenchMethod("ensemble", config={"member": "softmax", "num_members": 5}),
+    # The BDL benchmark's remaining baselines: mean-field VI (one weight sample per training step, 16 at test
+    # time) and an ensemble of five MC dropout networks (16 passes each).
+    "mfvi": BenchMethod(
+        "mfvi",
+        config={"num_samples": 16},
+        per_budget={"demo": {"num_samples": 8}, "test": {"num_samples": 4}},
+    ),
+    "ensemble_mc_dropout": BenchMethod(
+        "ensemble",
+        backbone={"dropout": 0.1},
+        config={"member": "mc_dropout", "num_members": 5, "member_config": {"num_samples": 16}},
+        per_budget={
+            "demo": {"member_config": {"num_samples": 8}},
+            "test": {"member_config": {"num_samples": 4}},
+        },
+    ),
     "duq": BenchMethod("duq", config={"fit": DUQ_PAPER_FIT}, per_budget={"full": {"fit": {"epochs": 30}}}),
     "duq-no-gp": BenchMethod(
         "duq",

@@ -1,0 +1,109 @@
+"""Single-pass uncertainty on Fashion-MNIST vs MNIST: DUQ, DUE and SNGP, and the feature-collapse ablations.
+
+Runs, through the library (resumable: rerun the same command and finished cells are kept),
+``credo bench fashion-mnist --methods <methods> --seeds 3 --budget full`` with any of
+
+* ``duq`` (the paper's setup: SGD lr 0.05, momentum 0.9, weight decay 1e-4, 30 epochs, steps at 10 and 20,
+  gradient penalty 0.5) and ``duq-no-gp`` (the same without the gradient penalty);
+* ``due`` (spectrally normalised conv ResNet, c = 3) and ``due-no-sn`` (the same network unnormalised);
+* ``sngp`` (spectrally normalised conv ResNet, c = 6, random-feature GP output layer);
+* ``softmax`` (the DUQ paper's CNN).
+
+and reports, mean and standard error over seeds, test accuracy and the AUROC against MNIST-5k and the
+upscaled sklearn digits, then the issue's checks for whichever methods have finished:
+
+* DUQ: accuracy >= 0.92 and AUROC (MNIST-5k) >= 0.94 (the paper: 0.924 and 0.955);
+* DUE and SNGP: accuracy within 1 point of the softmax CNN, AUROC above the softmax CNN's;
+* feature collapse: AUROC of ``due`` minus ``due-no-sn`` and of ``duq`` minus ``duq-no-gp``, paired by seed.
+
+The softmax CNN's figures come from this run's own ``softmax`` cells if asked for, else from
+``results/fashion_mnist_quality.json`` (same task, budget and seeds).
+
+    python benchmarks/single_pass_quality.py --methods due,due-no-sn,sngp [--seeds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+
+from _common import RESULTS, write_result
+from credo.bench import ResultsStore, mean_and_se, run_benchmark
+
+KEYS = {"accuracy": "test/accuracy", "auroc_mnist": "ood/mnist/auroc", "auroc_digits": "ood/digits/auroc"}
+ABLATIONS = {"due": "due-no-sn", "duq": "duq-no-gp"}
+
+
+def _summary(values: list[float]) -> dict:
+    s = mean_and_se(values)
+    return {"mean": s.mean, "se": s.se, "n": s.n, "values": values}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--methods", default="due,due-no-sn,sngp,duq,duq-no-gp")
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--out", default="runs/bench-single-pass-full")
+    args = parser.parse_args()
+
+    methods = args.methods.split(",")
+    run_benchmark("fashion-mnist", methods, args.seeds, args.out, budget="full")
+    # Every finished cell in the store counts, also those of earlier runs with other --methods.
+    cells = {(c.method, c.seed): c for c in ResultsStore(args.out).finished_cells(arrays=False)}
+    present = sorted({m for m, _ in cells})
+    rows: dict = {}
+    for method in present:
+        seeds = sorted(s for m, s in cells if m == method)
+        rows[method] = {
+            "seeds": seeds,
+            "train_seconds": _summary([cells[(method, s)].metrics["time/train_s"] for s in seeds]),
+        }
+        for name, key in KEYS.items():
+            rows[method][name] = _summary([float(cells[(method, s)].metrics[key]) for s in seeds])
+    if "softmax" not in rows and (RESULTS / "fashion_mnist_quality.json").is_file():
+        q = json.loads((RESULTS / "fashion_mnist_quality.json").read_text())
+        rows["softmax"] = {
+            "from": "results/fashion_mnist_quality.json",
+            "accuracy": q["test_accuracy"]["softmax"],
+            "auroc_mnist": q["ood_auroc"]["softmax"]["mnist"],
+            "auroc_digits": q["ood_auroc"]["softmax"]["digits"],
+        }
+    checks: dict = {}
+    if "duq" in rows:
+        d = rows["duq"]
+        checks["duq_accuracy_at_least_0.92"] = d["accuracy"]["mean"] >= 0.92
+        checks["duq_auroc_at_least_0.94"] = d["auroc_mnist"]["mean"] >= 0.94
+    soft = rows.get("softmax")
+    for method in ("due", "sngp"):
+        if method in rows and soft is not None:
+            checks[f"{method}_accuracy_within_1_point_of_softmax"] = bool(
+                rows[method]["accuracy"]["mean"] >= soft["accuracy"]["mean"] - 0.01
+            )
+            checks[f"{method}_auroc_above_softmax"] = bool(
+                rows[method]["auroc_mnist"]["mean"] > soft["auroc_mnist"]["mean"]
+            )
+    collapse = {}
+    for method, ablated in ABLATIONS.items():
+        if method in rows and ablated in rows:
+            seeds = sorted(set(rows[method]["seeds"]) & set(rows[ablated]["seeds"]))
+            diff = np.subtract(
+                [cells[(method, s)].metrics[KEYS["auroc_mnist"]] for s in seeds],
+                [cells[(ablated, s)].metrics[KEYS["auroc_mnist"]] for s in seeds],
+            )
+            collapse[f"{method}_minus_{ablated}_auroc_mnist"] = _summary([float(v) for v in diff])
+    write_result(
+        "single_pass_quality",
+        {
+            "task": "fashion-mnist",
+            "budget": "full",
+            "methods": rows,
+            "feature_collapse": collapse,
+            "checks": checks,
+        },
+    )
+
+
+if __name__ == "__main__":
+    main()
