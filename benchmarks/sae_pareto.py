@@ -175,7 +175,11 @@ def main() -> None:
             "model": "smollm2",
             "site": site,
             "width": saes[0].cfg.d_sae,
-            "command_history": "a first run of the 12 SAEs of COEFFICIENTS, then --add runs (see 'command')",
+            "command_history": (
+                "a first run, then --add runs (see 'command')"
+                if args.add
+                else "one run of every SAE of COEFFICIENTS"
+            ),
             "train_tokens": args.total_tokens or cfg.batch_size * _steps(acts, cfg.batch_size),
             "store_tokens": _steps(acts, 1),
             "store_complete": _complete(acts),
