@@ -42,7 +42,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
-from _common import write_result
+from _common import RESULTS, write_result
 from credo.bench import mean_and_se
 from credo.nn import BayesLinear, FullCovLinear, GaussianPrior, kl_divergence
 
@@ -169,6 +169,29 @@ def divergence(ref: dict, other: dict, kind: str) -> float:
     return float((p * (p.log() - q.log())).sum(-1).mean())
 
 
+def plot_toy(data: tuple[Tensor, ...], grid: Tensor, results: dict, path) -> None:
+    """Seed 0's predictive mean and +-2 std band of every network on the gap data."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(results), figsize=(3.2 * len(results), 3.0), sharey=True)
+    g = grid[:, 0].numpy()
+    for ax, (name, r) in zip(axes, results.items(), strict=True):
+        mean, std = r["_mean"].numpy(), r["_var"].sqrt().numpy()
+        ax.fill_between(g, mean - 2 * std, mean + 2 * std, color="tab:blue", alpha=0.25, lw=0)
+        ax.plot(g, mean, color="tab:blue", lw=1.2)
+        ax.plot(data[0][:, 0].numpy(), data[1][:, 0].numpy(), "k.", ms=3)
+        ax.set_title(name.replace("_", " "), fontsize=9)
+        ax.set_ylim(-3, 3)
+        ax.grid(alpha=0.3)
+    fig.suptitle("Predictive mean +- 2 std (noise included), seed 0; the gap is |x| < 0.5", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def run_problem(kind: str, seeds: int, steps: int, width: int, depths: list[int]) -> dict:
     names = [f"mean_field_depth_{d}" for d in depths] + ["full_cov_depth_1"]
     per_seed: dict[str, list[dict]] = {name: [] for name in names}
@@ -193,6 +216,8 @@ def run_problem(kind: str, seeds: int, steps: int, width: int, depths: list[int]
             results[name] = evaluate(net, data, kind, grid)
             results[name]["train_seconds"] = time.perf_counter() - start
             bar.update()
+        if seed == 0 and kind == "regression":
+            plot_toy(data, grid, results, RESULTS / "liberty_or_depth.png")
         for name in names:
             row = {k: v for k, v in results[name].items() if not k.startswith("_")}
             row["divergence_to_full_cov"] = divergence(results["full_cov_depth_1"], results[name], kind)

@@ -74,6 +74,31 @@ def test_regression_tasks_are_registered():
     assert data.train.x.shape == (310, 10) and data.train.y.dtype == torch.float32
 
 
+def test_phase_space_image_task_predicts_every_pixel(tmp_path):
+    """virtual-diagnostic-lps: the simulator's 64 x 64 images as targets, one interval per pixel."""
+    from credo.data.virtual_diagnostic import load_virtual_diagnostic
+
+    task = get_task("virtual-diagnostic-lps")
+    assert task.target_shape == (64, 64) and task.num_outputs == 4096 and "phase space" in task.description
+    s = load_virtual_diagnostic("lps", train_size=64, val_size=16, test_size=16, shift_size=16)
+    small = Task(
+        "lps-small",
+        lambda: TaskData(s.train, s.val, s.test, shifted={"outside-range": s.shift}),
+        0,
+        (5,),
+        BackboneConfig(name="mlp", in_shape=(5,), num_outputs=4096, hidden=(32,)),
+        {"test": Budget(FitConfig(epochs=2, lr=1e-3), batch_size=32)},
+        kind="regression",
+        target_shape=(64, 64),
+    )
+    result = run_benchmark(small, ["quantile"], 1, tmp_path, budget="test", progress=False)
+    cell = ResultsStore(tmp_path).read_cell("quantile", 0)
+    assert result.computed == [("quantile", 0)]
+    assert cell.arrays["test/examples/y"].shape == (8, 64, 64)
+    assert (cell.arrays["test/examples/upper"] >= cell.arrays["test/examples/lower"]).all()
+    assert 0.0 <= cell.metrics["shifted/outside-range/picp_90"] <= 1.0
+
+
 def test_build_method_configures_regression_methods():
     ens = build_method("ensemble", "virtual-diagnostic", "test", seed=0)
     assert isinstance(ens, DeepEnsemble) and ens.config.member == "mean_variance"

@@ -3,12 +3,14 @@
 * ``virtual-diagnostic``: predict a shot's 64-bin current profile from five noisy machine readings, with
   the linac + bunch-compressor simulator of :mod:`credo.data.virtual_diagnostic` standing in for LCLS data.
   Shifted set ``outside-range``: every setting outside its training range.
+* ``virtual-diagnostic-lps``: the same shots; the target is their 64 x 64 longitudinal phase space image.
 * ``diabetes`` and ``auto-mpg``: one standardised target per example (scikit-learn's diabetes progression,
   UCI Auto MPG from mlxtend), the usual UCI-style regression checks.
 """
 
 from __future__ import annotations
 
+import math
 from functools import lru_cache
 
 from credo.bench.tasks import Budget, Task, TaskData, register_task
@@ -24,6 +26,11 @@ VIRTUAL_DIAGNOSTIC_DESCRIPTION = (
     "prediction. 8,000 train / 1,000 val / 1,000 test shots in range; shifted set 'outside-range': 1,000 "
     "shots with every setting outside its training range (stronger compression, longer bunches)."
 )
+VIRTUAL_DIAGNOSTIC_LPS_DESCRIPTION = (
+    "Virtual diagnostic on a SIMULATOR, image output: the same shots and inputs as virtual-diagnostic, "
+    "the target the shot's longitudinal phase space, a 64 x 64 histogram of (energy deviation, z) as a "
+    "density in 1/(mm %); every pixel is one prediction. Shifted set 'outside-range' as there."
+)
 DIABETES_DESCRIPTION = (
     "scikit-learn's diabetes set: 442 patients, 10 features, target one-year disease progression, "
     "standardised with the training mean and std (metrics are in those units). Split 310 / 44 / 88."
@@ -34,32 +41,38 @@ AUTO_MPG_DESCRIPTION = (
 )
 
 
-@lru_cache(maxsize=1)
-def virtual_diagnostic_data() -> TaskData:
-    """The simulator's splits (about 11,000 shots, cached in memory after the first call)."""
+@lru_cache(maxsize=2)
+def virtual_diagnostic_data(output: str = "profile") -> TaskData:
+    """The simulator's splits (about 11,000 shots, cached in memory after the first call per output)."""
     from credo.data.virtual_diagnostic import load_virtual_diagnostic
 
-    s = load_virtual_diagnostic("profile", train_size=8000, val_size=1000, test_size=1000, shift_size=1000)
+    s = load_virtual_diagnostic(output, train_size=8000, val_size=1000, test_size=1000, shift_size=1000)
     return TaskData(s.train, s.val, s.test, shifted={"outside-range": s.shift})
 
 
-def virtual_diagnostic_task() -> Task:
-    """Current-profile regression on the simulator; tune budgets here."""
+def virtual_diagnostic_task(output: str = "profile") -> Task:
+    """Current-profile (``output="profile"``) or phase-space-image (``"lps"``) regression on the simulator;
+    tune budgets here."""
     adam = {"optimizer": "adam", "lr": 1e-3, "schedule": "cosine"}
+    target_shape = (64,) if output == "profile" else (64, 64)
     return Task(
-        name="virtual-diagnostic",
-        make_data=virtual_diagnostic_data,
+        name="virtual-diagnostic" if output == "profile" else "virtual-diagnostic-lps",
+        make_data=lambda: virtual_diagnostic_data(output),
         num_classes=0,
         in_shape=(5,),
-        backbone=BackboneConfig(name="mlp", in_shape=(5,), num_outputs=64, hidden=(256, 256)),
+        backbone=BackboneConfig(
+            name="mlp", in_shape=(5,), num_outputs=math.prod(target_shape), hidden=(256, 256)
+        ),
         budgets={
             "test": Budget(FitConfig(epochs=1, **adam), batch_size=64, train_size=256, eval_size=128),
             "demo": Budget(FitConfig(epochs=20, **adam), batch_size=128, train_size=4000, eval_size=1000),
             "full": Budget(FitConfig(epochs=100, **adam), batch_size=128),
         },
         kind="regression",
-        target_shape=(64,),
-        description=VIRTUAL_DIAGNOSTIC_DESCRIPTION,
+        target_shape=target_shape,
+        description=VIRTUAL_DIAGNOSTIC_DESCRIPTION
+        if output == "profile"
+        else VIRTUAL_DIAGNOSTIC_LPS_DESCRIPTION,
     )
 
 
@@ -91,5 +104,6 @@ def tabular_regression_task(name: str, num_features: int, description: str) -> T
 
 
 register_task(virtual_diagnostic_task())
+register_task(virtual_diagnostic_task("lps"))
 register_task(tabular_regression_task("diabetes", 10, DIABETES_DESCRIPTION))
 register_task(tabular_regression_task("auto-mpg", 9, AUTO_MPG_DESCRIPTION))
