@@ -37,7 +37,7 @@ BC_METRICS = [
     "referral/auc_50",
     "time/train_s",
 ]
-FMNIST_METHODS = ["mc_dropout", "mfvi"]
+FMNIST_METHODS = ["mfvi", "mc_dropout"]
 FMNIST_METRICS = [
     "test/accuracy",
     "test/nll",
