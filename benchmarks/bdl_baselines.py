@@ -68,10 +68,15 @@ def main() -> None:
     parser.add_argument("--fmnist-seeds", type=int, default=3)
     parser.add_argument("--out", default="runs/bench-bdl-baselines", help="one subdirectory per task")
     parser.add_argument("--skip-fashion-mnist", action="store_true", help="breast-cancer only (minutes)")
+    parser.add_argument(
+        "--report-only", action="store_true",
+        help="train nothing: summarise the cells already finished in --out (after an interrupted run)",
+    )  # fmt: skip
     args = parser.parse_args()
 
     out = Path(args.out)
-    run_benchmark("breast-cancer", BC_METHODS, args.bc_seeds, out / "breast-cancer", budget="full")
+    if not args.report_only:
+        run_benchmark("breast-cancer", BC_METHODS, args.bc_seeds, out / "breast-cancer", budget="full")
     result: dict = {
         "breast_cancer": {
             "budget": "full",
@@ -79,9 +84,10 @@ def main() -> None:
         }
     }
     if not args.skip_fashion_mnist:
-        run_benchmark(
-            "fashion-mnist", FMNIST_METHODS, args.fmnist_seeds, out / "fashion-mnist", budget="full"
-        )
+        if not args.report_only:
+            run_benchmark(
+                "fashion-mnist", FMNIST_METHODS, args.fmnist_seeds, out / "fashion-mnist", budget="full"
+            )
         rows = summaries(out / "fashion-mnist", FMNIST_METHODS, FMNIST_METRICS, args.fmnist_seeds)
         earlier = RESULTS / "fashion_mnist_quality.json"
         if earlier.is_file():
