@@ -49,6 +49,11 @@ bench: env data
 	$(PY) benchmarks/sae_train_speed.py
 	$(PY) benchmarks/sae_pareto.py
 	$(PY) benchmarks/fashion_mnist_quality.py
+	$(PY) benchmarks/single_pass_latency.py
+	$(PY) benchmarks/simulator_speed.py
+	$(PY) benchmarks/regression_quality.py
+	$(PY) benchmarks/liberty_or_depth.py
+	$(PY) benchmarks/bdl_baselines.py
 
 clean:
 	rm -rf $(VENV) runs
