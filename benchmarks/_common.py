@@ -34,3 +34,27 @@ def write_result(name: str, result: dict) -> Path:
     path.write_text(text + "\n")
     sys.stdout.write(text + "\n")
     return path
+
+
+def summary(values: list[float]) -> dict:
+    """Mean, standard error, count and the values themselves, for a result file."""
+    from credo.bench import mean_and_se
+
+    values = [float(v) for v in values]
+    s = mean_and_se(values)
+    return {"mean": s.mean, "se": s.se, "n": s.n, "values": values}
+
+
+def fashion_mnist_quality_row(method: str) -> dict | None:
+    """The softmax or ensemble figures of ``results/fashion_mnist_quality.json`` under the bench's metric keys
+    (``test/accuracy``, ``ood/mnist/auroc``, ``ood/digits/auroc``), or None if that result is missing."""
+    path = RESULTS / "fashion_mnist_quality.json"
+    if not path.is_file():
+        return None
+    q = json.loads(path.read_text())
+    return {
+        "from": "results/fashion_mnist_quality.json",
+        "test/accuracy": q["test_accuracy"][method],
+        "ood/mnist/auroc": q["ood_auroc"][method]["mnist"],
+        "ood/digits/auroc": q["ood_auroc"][method]["digits"],
+    }

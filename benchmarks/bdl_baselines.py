@@ -20,11 +20,10 @@ library (resumable; rerun the same command after an interruption):
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
-from _common import RESULTS, write_result
-from credo.bench import ResultsStore, mean_and_se, run_benchmark
+from _common import fashion_mnist_quality_row, summary, write_result
+from credo.bench import ResultsStore, run_benchmark
 
 BC_METHODS = ["softmax", "mc_dropout", "mfvi", "ensemble", "ensemble_mc_dropout"]
 BC_METRICS = [
@@ -55,9 +54,7 @@ def summaries(out: Path, methods: list[str], metrics: list[str], seeds: int) -> 
         done = [s for s in range(seeds) if (method, s) in cells]
         row: dict = {"seeds": done}
         for key in metrics:
-            values = [float(cells[(method, s)].metrics[key]) for s in done]
-            s = mean_and_se(values)
-            row[key] = {"mean": s.mean, "se": s.se, "n": s.n, "values": values}
+            row[key] = summary([cells[(method, s)].metrics[key] for s in done])
         table[method] = row
     return table
 
@@ -89,16 +86,10 @@ def main() -> None:
                 "fashion-mnist", FMNIST_METHODS, args.fmnist_seeds, out / "fashion-mnist", budget="full"
             )
         rows = summaries(out / "fashion-mnist", FMNIST_METHODS, FMNIST_METRICS, args.fmnist_seeds)
-        earlier = RESULTS / "fashion_mnist_quality.json"
-        if earlier.is_file():
-            q = json.loads(earlier.read_text())
-            for method in ("softmax", "ensemble"):
-                rows[method] = {
-                    "from": "results/fashion_mnist_quality.json",
-                    "test/accuracy": q["test_accuracy"][method],
-                    "ood/mnist/auroc": q["ood_auroc"][method]["mnist"],
-                    "ood/digits/auroc": q["ood_auroc"][method]["digits"],
-                }
+        for method in ("softmax", "ensemble"):
+            earlier = fashion_mnist_quality_row(method)
+            if earlier is not None:
+                rows[method] = earlier
         result["fashion_mnist"] = {"budget": "full", "methods": rows}
     write_result("bdl_baselines", result)
 

@@ -18,13 +18,8 @@ import math
 
 import numpy as np
 
-from _common import write_result
-from credo.bench import ResultsStore, mean_and_se, run_benchmark
-
-
-def _summary(values: list[float]) -> dict[str, float]:
-    s = mean_and_se(values)
-    return {"mean": s.mean, "se": s.se, "n": s.n, "values": values}
+from _common import summary, write_result
+from credo.bench import ResultsStore, run_benchmark
 
 
 def main() -> None:
@@ -42,11 +37,11 @@ def main() -> None:
     def metric(method: str, key: str) -> list[float]:
         return [float(cells[(method, s)].metrics[key]) for s in seeds]
 
-    accuracy = {m: _summary(metric(m, "test/accuracy")) for m in methods}
-    auroc = {m: {k: _summary(metric(m, f"ood/{k}/auroc")) for k in ("mnist", "digits")} for m in methods}
+    accuracy = {m: summary(metric(m, "test/accuracy")) for m in methods}
+    auroc = {m: {k: summary(metric(m, f"ood/{k}/auroc")) for k in ("mnist", "digits")} for m in methods}
     diff = list(np.subtract(metric("ensemble", "ood/mnist/auroc"), metric("softmax", "ood/mnist/auroc")))
-    gain = _summary([float(d) for d in diff])
-    train_s = {m: _summary(metric(m, "time/train_s")) for m in methods}
+    gain = summary([float(d) for d in diff])
+    train_s = {m: summary(metric(m, "time/train_s")) for m in methods}
     write_result(
         "fashion_mnist_quality",
         {

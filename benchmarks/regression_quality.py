@@ -24,8 +24,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from _common import write_result
-from credo.bench import ResultsStore, mean_and_se, run_benchmark
+from _common import summary, write_result
+from credo.bench import ResultsStore, run_benchmark
 
 METHODS = ["ensemble", "quantile", "mc_dropout", "mfvi", "cqr"]
 TASKS = ["virtual-diagnostic", "diabetes"]
@@ -33,12 +33,7 @@ SHIFT = "shifted/outside-range"
 METRICS = ("rmse", "crps", "picp_90", "width_90", "coverage_error", "nll")
 
 
-def _summary(values: list[float]) -> dict[str, float]:
-    s = mean_and_se(values)
-    return {"mean": s.mean, "se": s.se, "n": s.n, "values": values}
-
-
-def task_summary(out: Path, seeds: int) -> dict:
+def tasksummary(out: Path, seeds: int) -> dict:
     cells = {(c.method, c.seed): c for c in ResultsStore(out).finished_cells(arrays=False)}
     result: dict = {}
     for method in METHODS:
@@ -51,7 +46,7 @@ def task_summary(out: Path, seeds: int) -> dict:
                     float(cells[(method, s)].metrics[key]) for s in done if key in cells[(method, s)].metrics
                 ]
                 if values:
-                    row[key] = _summary(values)
+                    row[key] = summary(values)
         if f"{SHIFT}/width_90" in row:
             ratios = [
                 float(
@@ -60,8 +55,8 @@ def task_summary(out: Path, seeds: int) -> dict:
                 )
                 for s in done
             ]
-            row["width_ratio_shifted_over_test"] = _summary(ratios)
-        row["train_seconds"] = _summary([float(cells[(method, s)].metrics["time/train_s"]) for s in done])
+            row["width_ratio_shifted_over_test"] = summary(ratios)
+        row["train_seconds"] = summary([float(cells[(method, s)].metrics["time/train_s"]) for s in done])
         result[method] = row
     return result
 
@@ -77,7 +72,7 @@ def main() -> None:
     for task in TASKS:
         out = Path(args.out) / task
         run_benchmark(task, METHODS, args.seeds, out, budget=args.budget)
-        tasks[task] = task_summary(out, args.seeds)
+        tasks[task] = tasksummary(out, args.seeds)
 
     vd = tasks["virtual-diagnostic"]
     picp = {m: vd[m]["test/picp_90"]["mean"] for m in ("quantile", "cqr")}

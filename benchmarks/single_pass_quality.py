@@ -25,20 +25,14 @@ The softmax CNN's figures come from this run's own ``softmax`` cells if asked fo
 from __future__ import annotations
 
 import argparse
-import json
 
 import numpy as np
 
-from _common import RESULTS, write_result
-from credo.bench import ResultsStore, mean_and_se, run_benchmark
+from _common import fashion_mnist_quality_row, summary, write_result
+from credo.bench import ResultsStore, run_benchmark
 
 KEYS = {"accuracy": "test/accuracy", "auroc_mnist": "ood/mnist/auroc", "auroc_digits": "ood/digits/auroc"}
 ABLATIONS = {"due": "due-no-sn", "duq": "duq-no-gp"}
-
-
-def _summary(values: list[float]) -> dict:
-    s = mean_and_se(values)
-    return {"mean": s.mean, "se": s.se, "n": s.n, "values": values}
 
 
 def main() -> None:
@@ -58,18 +52,13 @@ def main() -> None:
         seeds = sorted(s for m, s in cells if m == method)
         rows[method] = {
             "seeds": seeds,
-            "train_seconds": _summary([cells[(method, s)].metrics["time/train_s"] for s in seeds]),
+            "train_seconds": summary([cells[(method, s)].metrics["time/train_s"] for s in seeds]),
         }
         for name, key in KEYS.items():
-            rows[method][name] = _summary([float(cells[(method, s)].metrics[key]) for s in seeds])
-    if "softmax" not in rows and (RESULTS / "fashion_mnist_quality.json").is_file():
-        q = json.loads((RESULTS / "fashion_mnist_quality.json").read_text())
-        rows["softmax"] = {
-            "from": "results/fashion_mnist_quality.json",
-            "accuracy": q["test_accuracy"]["softmax"],
-            "auroc_mnist": q["ood_auroc"]["softmax"]["mnist"],
-            "auroc_digits": q["ood_auroc"]["softmax"]["digits"],
-        }
+            rows[method][name] = summary([float(cells[(method, s)].metrics[key]) for s in seeds])
+    earlier = fashion_mnist_quality_row("softmax")
+    if "softmax" not in rows and earlier is not None:
+        rows["softmax"] = {"from": earlier["from"], **{name: earlier[key] for name, key in KEYS.items()}}
     checks: dict = {}
     if "duq" in rows:
         d = rows["duq"]
@@ -92,7 +81,7 @@ def main() -> None:
                 [cells[(method, s)].metrics[KEYS["auroc_mnist"]] for s in seeds],
                 [cells[(ablated, s)].metrics[KEYS["auroc_mnist"]] for s in seeds],
             )
-            collapse[f"{method}_minus_{ablated}_auroc_mnist"] = _summary([float(v) for v in diff])
+            collapse[f"{method}_minus_{ablated}_auroc_mnist"] = summary([float(v) for v in diff])
     write_result(
         "single_pass_quality",
         {

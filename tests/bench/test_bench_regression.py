@@ -76,10 +76,13 @@ def test_regression_tasks_are_registered():
 
 def test_phase_space_image_task_predicts_every_pixel(tmp_path):
     """virtual-diagnostic-lps: the simulator's 64 x 64 images as targets, one interval per pixel."""
+    from credo.bench.regression_tasks import virtual_diagnostic_task
     from credo.data.virtual_diagnostic import load_virtual_diagnostic
 
     task = get_task("virtual-diagnostic-lps")
     assert task.target_shape == (64, 64) and task.num_outputs == 4096 and "phase space" in task.description
+    with pytest.raises(ValueError, match="'profile' or 'lps'"):
+        virtual_diagnostic_task("image")
     s = load_virtual_diagnostic("lps", train_size=64, val_size=16, test_size=16, shift_size=16)
     small = Task(
         "lps-small",

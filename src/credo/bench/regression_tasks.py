@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from functools import lru_cache
+from typing import Literal
 
 from credo.bench.tasks import Budget, Task, TaskData, register_task
 from credo.nn import BackboneConfig
@@ -42,7 +43,7 @@ AUTO_MPG_DESCRIPTION = (
 
 
 @lru_cache(maxsize=2)
-def virtual_diagnostic_data(output: str = "profile") -> TaskData:
+def virtual_diagnostic_data(output: Literal["profile", "lps"] = "profile") -> TaskData:
     """The simulator's splits (about 11,000 shots, cached in memory after the first call per output)."""
     from credo.data.virtual_diagnostic import load_virtual_diagnostic
 
@@ -50,9 +51,11 @@ def virtual_diagnostic_data(output: str = "profile") -> TaskData:
     return TaskData(s.train, s.val, s.test, shifted={"outside-range": s.shift})
 
 
-def virtual_diagnostic_task(output: str = "profile") -> Task:
+def virtual_diagnostic_task(output: Literal["profile", "lps"] = "profile") -> Task:
     """Current-profile (``output="profile"``) or phase-space-image (``"lps"``) regression on the simulator;
     tune budgets here."""
+    if output not in ("profile", "lps"):
+        raise ValueError(f"output must be 'profile' or 'lps', got {output!r}")
     adam = {"optimizer": "adam", "lr": 1e-3, "schedule": "cosine"}
     target_shape = (64,) if output == "profile" else (64, 64)
     return Task(
