@@ -10,6 +10,7 @@ differentiate through their inputs (DUQ's gradient penalty), which DDP does not 
 from __future__ import annotations
 
 import os
+import sys
 
 import torch
 import torch.distributed as dist
@@ -56,3 +57,21 @@ def sync_module_buffers(model: nn.Module, world_size: int) -> None:
             if b.is_floating_point():
                 dist.all_reduce(b)
                 b /= world_size
+
+
+def leave_process_group(exit_process: bool = False) -> None:
+    """End a ``torchrun`` job cleanly: wait for every rank, then destroy the process group (no-op alone).
+
+    The barrier matters: a rank tearing gloo down while another still talks to it aborts. With
+    ``exit_process=True`` a process in a group then ends at once (``os._exit(0)`` after flushing stdout and
+    stderr), skipping interpreter teardown, where gloo's background threads can still abort a process whose
+    work is done and written ("terminate called without an active exception", rarely, at exit).
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    dist.barrier()
+    dist.destroy_process_group()
+    if exit_process:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import sys
 
-import torch.distributed as dist
-
+from credo.distributed import leave_process_group
 from credo.sae.train import train_saes
 from credo.sae.train_config import SAETrainConfig
 
@@ -17,9 +16,7 @@ def main(acts: str, out: str) -> None:
         dtype="float64", progress=False,
     )  # fmt: skip
     train_saes(config)
-    if dist.is_initialized():
-        dist.barrier()  # leave together: a rank tearing gloo down while the other still talks aborts
-        dist.destroy_process_group()
+    leave_process_group(exit_process=True)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ import torch
 import torch.distributed as dist
 
 from credo.data.base import ArrayDataset
+from credo.distributed import leave_process_group
 from credo.nn import BackboneConfig
 from credo.uncertainty import DUE, SNGP, FitConfig
 
@@ -34,9 +35,7 @@ def main(out: str) -> None:
         method.fit(ArrayDataset(x, y).loader(batch_size=64, shuffle=True, seed=3))
         if not dist.is_initialized() or dist.get_rank() == 0:
             method.save(Path(out) / name)
-    if dist.is_initialized():
-        dist.barrier()  # leave together: a rank tearing gloo down while the other still talks aborts
-        dist.destroy_process_group()
+    leave_process_group(exit_process=True)
 
 
 if __name__ == "__main__":

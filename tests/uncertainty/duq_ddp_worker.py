@@ -8,6 +8,7 @@ import torch
 import torch.distributed as dist
 
 from credo.data.base import ArrayDataset
+from credo.distributed import leave_process_group
 from credo.nn import BackboneConfig
 from credo.uncertainty import DUQ, FitConfig
 
@@ -27,9 +28,7 @@ def main(out: str) -> None:
     method.fit(ArrayDataset(x, y).loader(batch_size=64, shuffle=True, seed=3))
     if not dist.is_initialized() or dist.get_rank() == 0:
         method.save(out)
-    if dist.is_initialized():
-        dist.barrier()
-        dist.destroy_process_group()
+    leave_process_group(exit_process=True)
 
 
 if __name__ == "__main__":
