@@ -50,10 +50,13 @@ bench: env data
 	$(PY) benchmarks/sae_pareto.py
 	$(PY) benchmarks/fashion_mnist_quality.py
 	$(PY) benchmarks/single_pass_latency.py
+	$(PY) benchmarks/duq_train_step.py
 	$(PY) benchmarks/simulator_speed.py
 	$(PY) benchmarks/regression_quality.py
 	$(PY) benchmarks/liberty_or_depth.py
 	$(PY) benchmarks/bdl_baselines.py
+	# hours on 2 cores (DUQ's 30 epochs x 3 seeds is most of it); resumable: rerun after an interruption
+	$(PY) benchmarks/single_pass_quality.py
 
 clean:
 	rm -rf $(VENV) runs
