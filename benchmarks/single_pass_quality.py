@@ -5,7 +5,8 @@ Runs, through the library (resumable: rerun the same command and finished cells 
 
 * ``duq`` (the paper's setup: SGD lr 0.05, momentum 0.9, weight decay 1e-4, 30 epochs, steps at 10 and 20,
   gradient penalty 0.05) and ``duq-no-gp`` (the same without the gradient penalty);
-* ``due`` (spectrally normalised conv ResNet, c = 3) and ``due-no-sn`` (the same network unnormalised);
+* ``due`` (spectrally normalised conv ResNet, c = 3; 5 epochs, not the task's 3) and ``due-no-sn`` (the same
+  network unnormalised, also 5 epochs);
 * ``sngp`` (spectrally normalised conv ResNet, c = 6, random-feature GP output layer);
 * ``softmax`` (the DUQ paper's CNN).
 

@@ -18,6 +18,7 @@ from credo.nn.bayesian import (
     make_bayesian,
 )
 from credo.nn.full_covariance import FullCovLinear
+from credo.nn.normalization import AffineBatchNorm1d, AffineBatchNorm2d, use_affine_batch_norm
 from credo.nn.resnets import ConvResNet, FCResNet, FeatureClassifier, WideResNet
 from credo.nn.spectral import (
     SpectralBatchNorm1d,
@@ -28,6 +29,8 @@ from credo.nn.spectral import (
 
 __all__ = [
     "MLP",
+    "AffineBatchNorm1d",
+    "AffineBatchNorm2d",
     "BackboneConfig",
     "BayesConv2d",
     "BayesLinear",
@@ -49,4 +52,5 @@ __all__ = [
     "kl_divergence",
     "make_bayesian",
     "spectral_norm",
+    "use_affine_batch_norm",
 ]
