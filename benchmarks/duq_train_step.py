@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from _common import write_result
+from credo.bench import get_task
 from credo.bench.methods import build_method
 from credo.nn.normalization import AffineBatchNorm2d
 
@@ -36,8 +37,6 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=15)
     args = parser.parse_args()
-
-    from credo.bench import get_task
 
     data = get_task("fashion-mnist").make_data()
     x, y = data.train.x[: args.batch], data.train.y[: args.batch]

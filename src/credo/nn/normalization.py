@@ -69,16 +69,10 @@ _SWAPS = {nn.BatchNorm1d: AffineBatchNorm1d, nn.BatchNorm2d: AffineBatchNorm2d}
 
 
 def use_affine_batch_norm(module: nn.Module) -> nn.Module:
-    """Replace, in place, every plain ``nn.BatchNorm1d`` / ``nn.BatchNorm2d`` inside ``module`` (its parameters,
-    buffers and settings kept) by its affine twin; subclasses such as spectral batch norms are left alone.
-    Returns ``module`` (or the replacement, if ``module`` itself is a batch norm)."""
-    if type(module) in _SWAPS:
-        return _swap(module)
-    for name, child in list(module.named_children()):
-        module._modules[name] = use_affine_batch_norm(child)
+    """Turn, in place, every plain ``nn.BatchNorm1d`` / ``nn.BatchNorm2d`` in ``module`` (``module`` itself
+    included) into its affine twin, keeping its parameters, buffers, hooks and settings (the twin adds no
+    state); subclasses such as spectral batch norms are left alone. Returns ``module``."""
+    for m in module.modules():
+        if type(m) in _SWAPS:
+            m.__class__ = _SWAPS[type(m)]
     return module
-
-
-def _swap(bn: nn.modules.batchnorm._BatchNorm) -> nn.Module:
-    bn.__class__ = _SWAPS[type(bn)]  # the twin adds no state: parameters, buffers, hooks and settings stay
-    return bn

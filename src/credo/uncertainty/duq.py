@@ -165,7 +165,7 @@ class DUQ(UncertaintyMethod):
                 f"DUQ needs a backbone with features(x) and feature_dim; {cfg.backbone.name} has none"
             )
         if cfg.gradient_penalty > 0:
-            # the penalty differentiates batch norm twice; the affine form is the same map with a ~1.4x faster
+            # the penalty differentiates batch norm twice; the affine form is the same map with a ~1.3x faster
             # training step on the paper's CNN on CPU (same values, derivatives and state dict)
             use_affine_batch_norm(backbone)
         return DUQModel(backbone, self.num_classes, cfg.embedding_size, cfg.length_scale)
