@@ -36,6 +36,37 @@ def write_result(name: str, result: dict) -> Path:
     return path
 
 
+def timed_training_step(name: str, x, y, prepare=None):
+    """A training-step closure for bench method ``name`` on the batch ``x, y`` of the Fashion-MNIST task at
+    the full budget (seed 0, SGD lr 0.01 momentum 0.9, the method's ``after_step`` included) and the list it
+    appends each step's loss to. Each call runs one step and returns its wall time in seconds.
+    ``prepare(model)`` may alter the freshly built model first."""
+    import time
+
+    from credo.bench.methods import build_method
+
+    torch.manual_seed(0)
+    method = build_method(name, "fashion-mnist", "full", seed=0)
+    method.model = method.build_model()
+    if prepare is not None:
+        prepare(method.model)
+    method.model.train()
+    opt = torch.optim.SGD(method.model.parameters(), lr=0.01, momentum=0.9)
+    losses: list[float] = []
+
+    def step() -> float:
+        start = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        loss = method.training_loss(x, y)
+        loss.backward()
+        opt.step()
+        method.after_step(x, y)
+        losses.append(float(loss.detach()))
+        return time.perf_counter() - start
+
+    return step, losses
+
+
 def summary(values: list[float]) -> dict:
     """Mean, standard error, count and the values themselves, for a result file."""
     from credo.bench import mean_and_se

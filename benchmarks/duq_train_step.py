@@ -21,14 +21,11 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
-import torch
 from torch import nn
 
-from _common import write_result
+from _common import timed_training_step, write_result
 from credo.bench import get_task
-from credo.bench.methods import build_method
 from credo.nn.normalization import AffineBatchNorm2d
 
 
@@ -41,33 +38,17 @@ def main() -> None:
     data = get_task("fashion-mnist").make_data()
     x, y = data.train.x[: args.batch], data.train.y[: args.batch]
 
-    def trainer(name: str, native_bn: bool = False):
-        torch.manual_seed(0)
-        method = build_method(name, "fashion-mnist", "full", seed=0)
-        method.model = method.build_model()
-        if native_bn:  # undo the swap: PyTorch's own batch norm, same parameters
-            for module in method.model.modules():
-                if type(module) is AffineBatchNorm2d:
-                    module.__class__ = nn.BatchNorm2d
-        method.model.train()
-        opt = torch.optim.SGD(method.model.parameters(), lr=0.01, momentum=0.9)
-        losses: list[float] = []
+    def native_bn(model: nn.Module) -> None:  # undo the swap: PyTorch's own batch norm, same parameters
+        for module in model.modules():
+            if type(module) is AffineBatchNorm2d:
+                module.__class__ = nn.BatchNorm2d
 
-        def step() -> float:
-            start = time.perf_counter()
-            opt.zero_grad(set_to_none=True)
-            loss = method.training_loss(x, y)
-            loss.backward()
-            opt.step()
-            method.after_step(x, y)
-            losses.append(float(loss.detach()))
-            return time.perf_counter() - start
-
-        return step, losses
+    def trainer(name: str, native: bool = False):
+        return timed_training_step(name, x, y, native_bn if native else None)
 
     variants = {
         "duq": trainer("duq"),
-        "duq_native_bn": trainer("duq", native_bn=True),
+        "duq_native_bn": trainer("duq", native=True),
         "duq_no_gp": trainer("duq-no-gp"),
         "softmax": trainer("softmax"),
     }

@@ -42,33 +42,15 @@ _ENV_KEYS = ("MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_", "MALLOC_MMAP_THRESHOLD
 
 def worker(steps: int, batch: int) -> None:
     """Time ``steps`` training steps of DUQ and of softmax (after two warm-up steps); print JSON seconds."""
-    import time
-
-    import torch
-
+    from _common import timed_training_step
     from credo.bench import get_task
-    from credo.bench.methods import build_method
 
     data = get_task("fashion-mnist").make_data()
     x, y = data.train.x[:batch], data.train.y[:batch]
     out: dict[str, list[float]] = {}
     for name in ("duq", "softmax"):
-        torch.manual_seed(0)
-        method = build_method(name, "fashion-mnist", "full", seed=0)
-        method.model = method.build_model()
-        method.model.train()
-        opt = torch.optim.SGD(method.model.parameters(), lr=0.01, momentum=0.9)
-        times = []
-        for i in range(steps + 2):
-            start = time.perf_counter()
-            opt.zero_grad(set_to_none=True)
-            loss = method.training_loss(x, y)
-            loss.backward()
-            opt.step()
-            method.after_step(x, y)
-            if i >= 2:
-                times.append(time.perf_counter() - start)
-        out[name] = times
+        step, _ = timed_training_step(name, x, y)
+        out[name] = [t for i, t in enumerate(step() for _ in range(steps + 2)) if i >= 2]
     sys.stdout.write(json.dumps(out) + "\n")
 
 
