@@ -16,7 +16,7 @@ from credo.bench.methods import method_config_dict
 from credo.data import ArrayDataset
 from credo.nn import BackboneConfig
 from credo.uncertainty import DUQ, FitConfig, UncertaintyMethod
-from credo.uncertainty.duq import gradient_penalty, kernel_bce
+from credo.uncertainty.duq import gradient_penalty, kernel_bce, kernel_bce_clamped
 
 torch.manual_seed(0)
 MLP = BackboneConfig(name="mlp", in_shape=(3,), num_outputs=4, hidden=(8, 8))
@@ -69,6 +69,35 @@ def test_kernel_bce_is_binary_cross_entropy_and_keeps_a_gradient_for_tiny_kernel
     loss = kernel_bce(ones, torch.tensor([0]))
     loss.backward()
     assert torch.isfinite(loss) and torch.isfinite(ones.grad).all()
+
+
+def test_clamped_kernel_bce_has_the_closed_form_gradient_of_pytorchs_clamped_bce():
+    """d/d log K of the true class's term is -K (1 - K) / max(K (1 - K), 1e-12) / (B C): -1 / (B C) for
+    moderate K, -K / 1e-12 / (B C) below ~1e-12; the value is the BCE, -log K summed with -log(1 - K)."""
+    log_k = torch.tensor([[-0.5, -2.0, -3.0], [-40.0, -1.0, -50.0]], dtype=torch.float64, requires_grad=True)
+    y = torch.tensor([0, 2])
+    loss = kernel_bce_clamped(log_k, y)
+    k = log_k.detach().exp()
+    by_hand = -(
+        torch.log(k[0, 0]) + torch.log1p(-k[0, 1:]).sum() + torch.log(k[1, 2]) + torch.log1p(-k[1, :2]).sum()
+    )
+    torch.testing.assert_close(loss, by_hand / 6)
+    loss.backward()
+    assert float(log_k.grad[0, 0]) == pytest.approx(-1 / 6, rel=1e-9)
+    assert float(log_k.grad[1, 2]) == pytest.approx(
+        -float(k[1, 2]) / 1e-12 / 6, rel=1e-6
+    )  # e^-50 / 1e-12 ~ 2e-10
+    # wrong classes: K / (1 - K), as in the exact form
+    assert float(log_k.grad[1, 1]) == pytest.approx(float(k[1, 1] / (1 - k[1, 1])) / 6, rel=1e-9)
+
+
+def test_kernel_loss_option_selects_the_loss_and_rejects_unknown_names():
+    duq = small_duq(gradient_penalty=0.0, kernel_loss="clamped")
+    duq.model.double().train()
+    x, y = torch.randn(9, 3, dtype=torch.float64), torch.randint(0, 4, (9,))
+    torch.testing.assert_close(duq.training_loss(x, y), kernel_bce_clamped(duq.model.log_kernel(x), y))
+    with pytest.raises(ValueError, match="kernel_loss must be one of"):
+        small_duq(kernel_loss="log")
 
 
 def finite_difference_penalty(model, x: torch.Tensor, h: float = 1e-6) -> torch.Tensor:
@@ -214,6 +243,11 @@ def test_bench_entries_use_the_paper_schedule_and_the_ablation_drops_the_penalty
     assert tuple(full["fit"]["milestones"]) == (10, 20) and full["gradient_penalty"] == 0.05
     assert method_config_dict("duq-no-gp", "fashion-mnist", "demo")["gradient_penalty"] == 0.0
     assert bench_method("duq-no-gp").method == "duq"
+    clamped = method_config_dict("duq-clamped", "fashion-mnist", "full")
+    assert clamped["kernel_loss"] == "clamped" and full["kernel_loss"] == "exact"
+    assert {k: v for k, v in clamped.items() if k != "kernel_loss"} == {
+        k: v for k, v in full.items() if k != "kernel_loss"
+    }
     method = build_method("duq", "fashion-mnist", "test", seed=1)
     assert isinstance(method, DUQ) and method.config.fit.seed == 1000
 

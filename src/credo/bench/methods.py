@@ -89,6 +89,12 @@ BENCH_METHODS: dict[str, BenchMethod] = {
         config={"fit": DUQ_PAPER_FIT, "gradient_penalty": 0.0},
         per_budget={"full": {"fit": {"epochs": 30}}},
     ),
+    # the reference code's clamped BCE (no gradient for true-class kernel values below ~1e-12), beside duq's exact one
+    "duq-clamped": BenchMethod(
+        "duq",
+        config={"fit": DUQ_PAPER_FIT, "kernel_loss": "clamped"},
+        per_budget={"full": {"fit": {"epochs": 30}}},
+    ),
     # DUE and SNGP run on the spectrally normalised 28x28 ResNet (image tasks; on tabular tasks pass an
     # fc_resnet backbone override); due-no-sn is the same network without spectral normalisation, the
     # feature-collapse ablation. DUE's GP learns slowly at the task's Adam 2e-3: on 5,000 Fashion-MNIST images

@@ -6,7 +6,8 @@ A feature extractor ``f`` (the backbone without its head) feeds one linear embed
     K_c(x) = exp( -mean_j (z_c(x) - e_c)_j^2 / (2 sigma^2) ),   sigma = length_scale.
 
 Training minimises the binary cross-entropy of every kernel value against the one-hot label, averaged over the
-batch and the ``C`` classes (see :func:`kernel_bce`), plus the two-sided gradient penalty
+batch and the ``C`` classes (see :func:`kernel_bce`; ``kernel_loss="clamped"`` takes the reference code's
+clamped form, :func:`kernel_bce_clamped`), plus the two-sided gradient penalty
 
     lambda * mean_i ( || grad_x sum_c K_c(x_i) ||_2 - 1 )^2,
 
@@ -79,6 +80,11 @@ class DUQConfig(MethodConfig):
     """EMA decay of the centroid statistics ``N`` and ``m``, per optimiser step."""
     gradient_penalty: float = 0.05
     """Weight lambda of the two-sided gradient penalty; 0 turns it off (the feature-collapse ablation)."""
+    kernel_loss: str = "exact"
+    """How the binary cross-entropy on the kernel values is computed: ``"exact"`` (:func:`kernel_bce`, in the log
+    domain, so every point always gets a gradient) or ``"clamped"`` (:func:`kernel_bce_clamped`, PyTorch's
+    ``binary_cross_entropy`` on ``K`` as in the reference code, which gives a true-class kernel value below about
+    1e-12 next to no gradient)."""
 
     def __post_init__(self) -> None:
         if not self.length_scale > 0:
@@ -89,6 +95,8 @@ class DUQConfig(MethodConfig):
             raise ValueError(f"gamma must be in [0, 1) (the paper uses 0.999), got {self.gamma}")
         if not self.gradient_penalty >= 0:
             raise ValueError(f"gradient_penalty must be >= 0 (0 disables it), got {self.gradient_penalty}")
+        if self.kernel_loss not in KERNEL_LOSSES:
+            raise ValueError(f"kernel_loss must be one of {sorted(KERNEL_LOSSES)}, got {self.kernel_loss!r}")
 
 
 class DUQModel(nn.Module):
@@ -143,6 +151,25 @@ def kernel_bce(log_kernel: Tensor, y: Tensor) -> Tensor:
     return -(onehot * log_kernel + (1 - onehot) * log_one_minus).mean()
 
 
+def kernel_bce_clamped(log_kernel: Tensor, y: Tensor) -> Tensor:
+    """The reference code's loss, ``F.binary_cross_entropy(K, one_hot(y))`` with ``K = exp(log K)``.
+
+    PyTorch clamps ``log K`` and ``log(1 - K)`` at -100 and computes the gradient with respect to ``K`` as
+    ``(K - y) / max(K (1 - K), 1e-12)``. With respect to ``log K`` the true-class term's gradient is then
+    ``-K (1 - K) / max(K (1 - K), 1e-12)``: -1 (as in :func:`kernel_bce`) while ``K`` is above ~1e-12, but
+    ``-K / 1e-12``, next to nothing, for an embedding further than ~7.4 length scales from its centroid. At
+    initialisation that is every point (the centroids ``e_c ~ N(0, 1)`` are ~10 length scales away), so the
+    network first waits for the EMA centroids to come to its embeddings; later it ignores far-off training points,
+    as a robust loss would.
+    """
+    onehot = F.one_hot(y, log_kernel.shape[-1]).to(log_kernel.dtype)
+    return F.binary_cross_entropy(log_kernel.exp(), onehot)
+
+
+KERNEL_LOSSES = {"exact": kernel_bce, "clamped": kernel_bce_clamped}
+"""The values of :attr:`DUQConfig.kernel_loss` and their loss functions ``(log_kernel, y) -> loss``."""
+
+
 def gradient_penalty(x: Tensor, kernel: Tensor) -> Tensor:
     """``mean_i (||grad_{x_i} sum_c K_c||_2 - 1)^2`` for ``kernel`` ``[B, C]`` computed from ``x`` ``[B, ...]``
     (which must require grad); differentiable, so the penalty trains the network."""
@@ -175,7 +202,7 @@ class DUQ(UncertaintyMethod):
         if lam > 0:
             x = x.detach().requires_grad_(True)
         log_kernel = self.model.log_kernel(x)
-        loss = kernel_bce(log_kernel, y)
+        loss = KERNEL_LOSSES[self.config.kernel_loss](log_kernel, y)
         if lam > 0:
             loss = loss + lam * gradient_penalty(x, log_kernel.exp())
         return loss
