@@ -76,6 +76,24 @@ def summary(values: list[float]) -> dict:
     return {"mean": s.mean, "se": s.se, "n": s.n, "values": values}
 
 
+FASHION_MNIST_KEYS = {
+    "accuracy": "test/accuracy",
+    "auroc_mnist": "ood/mnist/auroc",
+    "auroc_digits": "ood/digits/auroc",
+}
+"""Result-file names of the Fashion-MNIST bench's metrics and their keys in a cell's ``metrics``."""
+
+
+def cell_rows(cells: dict, method: str, seeds: list[int]) -> dict:
+    """Summaries over ``seeds`` of bench ``method``'s finished ``cells`` (keyed ``(method, seed)``): train
+    seconds and every metric of :data:`FASHION_MNIST_KEYS`."""
+    metrics = [cells[(method, s)].metrics for s in seeds]
+    return {
+        "train_seconds": summary([m["time/train_s"] for m in metrics]),
+        **{name: summary([float(m[key]) for m in metrics]) for name, key in FASHION_MNIST_KEYS.items()},
+    }
+
+
 def fashion_mnist_quality_row(method: str) -> dict | None:
     """The softmax or ensemble figures of ``results/fashion_mnist_quality.json`` under the bench's metric keys
     (``test/accuracy``, ``ood/mnist/auroc``, ``ood/digits/auroc``), or None if that result is missing."""

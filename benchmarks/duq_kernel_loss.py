@@ -20,10 +20,9 @@ import argparse
 
 import numpy as np
 
-from _common import summary, write_result
+from _common import FASHION_MNIST_KEYS, cell_rows, summary, write_result
 from credo.bench import ResultsStore, run_benchmark
 
-KEYS = {"accuracy": "test/accuracy", "auroc_mnist": "ood/mnist/auroc", "auroc_digits": "ood/digits/auroc"}
 METHODS = ("duq", "duq-clamped")
 
 
@@ -45,19 +44,12 @@ def main() -> None:
 
     cells = {(c.method, c.seed): c for c in ResultsStore(out).finished_cells(arrays=False)}
     seeds = sorted({s for m, s in cells if m == METHODS[0]} & {s for m, s in cells if m == METHODS[1]})
-    rows = {
-        method: {
-            name: summary([float(cells[(method, s)].metrics[key]) for s in seeds])
-            for name, key in KEYS.items()
-        }
-        | {"train_seconds": summary([cells[(method, s)].metrics["time/train_s"] for s in seeds])}
-        for method in METHODS
-    }
+    rows = {method: cell_rows(cells, method, seeds) for method in METHODS}
     paired = {
         name: summary(
             list(np.array(rows["duq-clamped"][name]["values"]) - np.array(rows["duq"][name]["values"]))
         )
-        for name in KEYS
+        for name in FASHION_MNIST_KEYS
     }
     write_result(
         f"duq_kernel_loss_{args.epochs}ep",

@@ -29,10 +29,10 @@ import argparse
 
 import numpy as np
 
-from _common import fashion_mnist_quality_row, summary, write_result
+from _common import FASHION_MNIST_KEYS as KEYS
+from _common import cell_rows, fashion_mnist_quality_row, summary, write_result
 from credo.bench import ResultsStore, run_benchmark
 
-KEYS = {"accuracy": "test/accuracy", "auroc_mnist": "ood/mnist/auroc", "auroc_digits": "ood/digits/auroc"}
 ABLATIONS = {"due": "due-no-sn", "duq": "duq-no-gp"}
 
 
@@ -51,12 +51,7 @@ def main() -> None:
     rows: dict = {}
     for method in present:
         seeds = sorted(s for m, s in cells if m == method)
-        rows[method] = {
-            "seeds": seeds,
-            "train_seconds": summary([cells[(method, s)].metrics["time/train_s"] for s in seeds]),
-        }
-        for name, key in KEYS.items():
-            rows[method][name] = summary([float(cells[(method, s)].metrics[key]) for s in seeds])
+        rows[method] = {"seeds": seeds, **cell_rows(cells, method, seeds)}
     earlier = fashion_mnist_quality_row("softmax")
     if "softmax" not in rows and earlier is not None:
         rows["softmax"] = {"from": earlier["from"], **{name: earlier[key] for name, key in KEYS.items()}}

@@ -58,6 +58,14 @@ it replaces the task's schedule, which a method's own config defaults would not.
 DUE_BACKBONE: dict[str, Any] = {"name": "conv_resnet", "spectral_coeff": 3.0}
 """DUE's image extractor: a ResNet whose layers are soft spectrally normalised to c = 3 (the DUE paper's value)."""
 
+
+def _duq(**config: Any) -> BenchMethod:
+    """DUQ at the paper's schedule (30 epochs at the ``full`` budget) with ``config`` fields changed."""
+    return BenchMethod(
+        "duq", config={"fit": DUQ_PAPER_FIT, **config}, per_budget={"full": {"fit": {"epochs": 30}}}
+    )
+
+
 BENCH_METHODS: dict[str, BenchMethod] = {
     "softmax": BenchMethod("softmax"),
     "mc_dropout": BenchMethod(
@@ -83,18 +91,10 @@ BENCH_METHODS: dict[str, BenchMethod] = {
             "test": {"member_config": {"num_samples": 4}},
         },
     ),
-    "duq": BenchMethod("duq", config={"fit": DUQ_PAPER_FIT}, per_budget={"full": {"fit": {"epochs": 30}}}),
-    "duq-no-gp": BenchMethod(
-        "duq",
-        config={"fit": DUQ_PAPER_FIT, "gradient_penalty": 0.0},
-        per_budget={"full": {"fit": {"epochs": 30}}},
-    ),
+    "duq": _duq(),
+    "duq-no-gp": _duq(gradient_penalty=0.0),
     # the reference code's clamped BCE (no gradient for true-class kernel values below ~1e-12), beside duq's exact one
-    "duq-clamped": BenchMethod(
-        "duq",
-        config={"fit": DUQ_PAPER_FIT, "kernel_loss": "clamped"},
-        per_budget={"full": {"fit": {"epochs": 30}}},
-    ),
+    "duq-clamped": _duq(kernel_loss="clamped"),
     # DUE and SNGP run on the spectrally normalised 28x28 ResNet (image tasks; on tabular tasks pass an
     # fc_resnet backbone override); due-no-sn is the same network without spectral normalisation, the
     # feature-collapse ablation. DUE's GP learns slowly at the task's Adam 2e-3: on 5,000 Fashion-MNIST images
