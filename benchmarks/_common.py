@@ -16,7 +16,8 @@ RESULTS = Path(__file__).parent / "results"
 
 
 def write_result(name: str, result: dict) -> Path:
-    """Print ``result`` as JSON and write it to ``benchmarks/results/<name>.json`` with its provenance."""
+    """Write ``result`` with its provenance to ``benchmarks/results/<name>.json`` as standard JSON (NaN as
+    null) and print it."""
     record = {
         "name": name,
         "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
@@ -28,11 +29,12 @@ def write_result(name: str, result: dict) -> Path:
         "machine": platform.machine(),
         **result,
     }
+    from credo.bench.store import write_json
+
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"
-    text = json.dumps(record, indent=2)
-    path.write_text(text + "\n")
-    sys.stdout.write(text + "\n")
+    write_json(path, record)  # standard JSON: an undefined figure (the se of one seed) is null, not NaN
+    sys.stdout.write(path.read_text() + "\n")
     return path
 
 
