@@ -81,7 +81,7 @@ def _json_safe(value: Any) -> Any:
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
     """Write ``data`` as indented standard JSON (NaN as null), atomically."""
-    text = json.dumps(_json_safe(data), indent=2, allow_nan=False)
+    text = json.dumps(_json_safe(data), indent=2, allow_nan=False) + "\n"
     atomic_write(path, lambda f: f.write(text.encode()))
 
 
