@@ -61,7 +61,7 @@ def test_unknown_task_is_a_clear_error(tmp_path, capsys):
 
 def test_demo_runs_its_methods_on_fashion_mnist(tmp_path, monkeypatch, capsys):
     """The demo hands its method list to the bench on the demo budget (the bench itself is tested above)."""
-    import credo.cli as cli
+    import credo.cli.demo as cli
 
     seen = []
     monkeypatch.setattr(cli, "run_bench", lambda cmd: seen.append(cmd) or tmp_path / "report.html")

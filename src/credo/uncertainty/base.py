@@ -20,6 +20,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from credo.config import config_from_dict, config_to_dict
+from credo.errors import CheckpointError
 from credo.nn import BackboneConfig, build_backbone
 from credo.uncertainty.fit import FitConfig, FitHistory, fit_loop
 
@@ -127,10 +128,6 @@ def register_method(name: str):
         return cls
 
     return wrap
-
-
-class CheckpointError(RuntimeError):
-    """A saved method or training checkpoint is missing, corrupted or written for another config."""
 
 
 class UncertaintyMethod(ABC):

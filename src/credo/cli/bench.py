@@ -1,0 +1,81 @@
+"""``credo bench`` and ``credo report``: methods x seeds on a task, and rebuilding a run's report."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+
+@dataclass
+class BenchCommand:
+    """Run methods x seeds on a task, store every finished cell, then write a table and report.html."""
+
+    task: str = "fashion-mnist"
+    """Task name (fashion-mnist, breast-cancer; regression: virtual-diagnostic, diabetes, auto-mpg)."""
+    methods: tuple[str, ...] = ()
+    """Comma-separated method names; empty: softmax,mc_dropout,ensemble for a classification task,
+    ensemble,quantile,mc_dropout,mfvi,cqr for a regression task."""
+    seeds: int = 3
+    """Number of seeds (0..N-1) per method."""
+    out: str = "runs/bench"
+    """Output directory; rerunning with the same directory skips finished cells and resumes training."""
+    budget: Literal["test", "demo", "full"] = "full"
+    """Training budget: full (the benchmark's), demo (minutes) or test (seconds)."""
+
+
+@dataclass
+class ReportCommand:
+    """Rebuild table.md and report.html from the finished cells of a bench directory."""
+
+    out: str = "runs/bench"
+    """The bench output directory."""
+
+
+HEADLINE = (
+    "test/accuracy",
+    "test/nll",
+    "test/ece",
+    "test/aurc",
+    "ood/mnist/auroc",
+    "ood/digits/auroc",
+    "shifted/rotated30/accuracy",
+    "referral/accuracy_50",
+    "referral/auc_50",
+    "test/rmse",
+    "test/crps",
+    "test/picp_90",
+    "test/width_90",
+    "shifted/outside-range/picp_90",
+    "shifted/outside-range/width_90",
+    "time/predict_per_1000_s",
+)
+"""Columns printed on the terminal (table.md and report.html hold every metric)."""
+
+
+DEFAULT_METHODS = {
+    "classification": ("softmax", "mc_dropout", "ensemble"),
+    "regression": ("ensemble", "quantile", "mc_dropout", "mfvi", "cqr"),
+}
+
+
+def run_bench(cmd: BenchCommand) -> Path:
+    from credo.bench import run_benchmark, to_markdown
+    from credo.bench.tasks import get_task
+
+    command = "credo " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("credo") else None
+    methods = list(cmd.methods) or list(DEFAULT_METHODS[get_task(cmd.task).kind])
+    result = run_benchmark(cmd.task, methods, cmd.seeds, Path(cmd.out), budget=cmd.budget, command=command)
+    headline = [m for m in HEADLINE if m in result.table.metrics]
+    sys.stdout.write(to_markdown(result.table, headline) + "\n")
+    sys.stdout.write(f"\nall metrics: {Path(cmd.out) / 'table.md'}\nreport: {result.report}\n")
+    return result.report
+
+
+def run_report(cmd: ReportCommand) -> Path:
+    from credo.bench import write_report
+
+    path = write_report(Path(cmd.out))
+    sys.stdout.write(f"report: {path}\n")
+    return path
