@@ -132,6 +132,18 @@ def expected_error_message(err: BaseException) -> str | None:
     return None
 
 
+def end_process_group() -> None:
+    """Under ``torchrun``, end the job the way credo's own distributed tests do once the work is written: wait
+    for every rank, destroy the process group, and (in a group of several processes) leave at once, before
+    interpreter teardown, where gloo's background threads can otherwise abort a process whose work is done."""
+    import torch.distributed as dist
+
+    from credo.distributed import leave_process_group
+
+    if dist.is_available() and dist.is_initialized():
+        leave_process_group(exit_process=dist.get_world_size() > 1)
+
+
 def main(argv: list[str] | None = None) -> int:
     commands = _commands()
     args = build_parser(commands).parse_args(argv)
@@ -143,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     cls, fn, _ = commands[path]
     try:
         fn(_from_args(cls, args))
+        end_process_group()
     except KeyboardInterrupt:
         sys.stderr.write("interrupted: finished work is kept; rerun the same command to resume\n")
         return 130
