@@ -1,16 +1,24 @@
-"""The shared fit loop: LR schedule against closed forms, exact resume, and corrupted checkpoints."""
+"""The shared fit loop: LR schedule against closed forms, exact resume, corrupted checkpoints, divergence, and
+the values it reports (mean training loss, validation accuracy) against naive recomputations."""
 
 from __future__ import annotations
 
+import json
+import logging
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
 from credo.data.base import ArrayDataset
+from credo.errors import TrainingDivergedError
 from credo.nn import BackboneConfig
 from credo.uncertainty import CheckpointError, DeepEnsemble, FitConfig, Softmax
-from credo.uncertainty.fit import lr_factor
+from credo.uncertainty.fit import Checkpoint, lr_factor, validation_accuracy
 
 torch.manual_seed(0)
 X = torch.randn(200, 5)
@@ -101,3 +109,127 @@ def test_validation_accuracy_is_recorded():
     m = Softmax(backbone=BB, fit=FitConfig(epochs=2, lr=1e-2, progress=False))
     m.fit(DATA.loader(32, shuffle=True), DATA.loader(100))
     assert len(m.history.val_accuracy) == 2 and 0.5 < m.history.val_accuracy[-1] <= 1.0
+
+
+# -- divergence -------------------------------------------------------------------------------------------
+
+
+def _loss_spy(monkeypatch, cls=Softmax) -> list[float]:
+    """Record every training loss (as a Python float) that ``cls`` returns to the fit loop."""
+    seen: list[float] = []
+    original = cls.training_loss
+
+    def spy(self, x, y):
+        loss = original(self, x, y)
+        seen.append(float(loss))
+        return loss
+
+    monkeypatch.setattr(cls, "training_loss", spy)
+    return seen
+
+
+def test_diverging_training_stops_at_the_step_and_keeps_the_last_finite_checkpoint(tmp_path, monkeypatch):
+    cfg = FitConfig(epochs=5, optimizer="sgd", lr=1e3, progress=False, checkpoint_dir=str(tmp_path))
+    seen = _loss_spy(monkeypatch)
+    method = Softmax(backbone=BB, fit=cfg)
+    with pytest.raises(TrainingDivergedError) as info:
+        method.fit(DATA.loader(32))  # 7 steps per epoch
+    bad = next(i for i, v in enumerate(seen) if not math.isfinite(v))
+    assert bad == len(seen) - 1  # it stopped at the first non-finite loss
+    epoch, step = divmod(bad, 7)
+    assert epoch >= 1  # (so that a finite checkpoint exists to keep)
+    lr = cfg.lr * lr_factor(bad, 7, cfg)
+    message = str(info.value)
+    assert f"softmax: training diverged in epoch {epoch + 1}/5" in message
+    assert f"at step {step + 1}/7 (step {bad + 1} of the run), at learning rate {lr:.4g}" in message
+    assert (
+        f"checkpoint (epoch {epoch}) is kept at {tmp_path}" in message
+        and "Lower the learning rate" in message
+    )
+    state = Checkpoint(tmp_path).load()
+    assert state["epoch"] == epoch
+    assert all(t.isfinite().all() for t in state["model"].values())
+    assert all(t.isfinite().all() for t in method.model.state_dict().values())  # stopped before the step
+
+
+def test_nan_weights_with_a_finite_loss_are_never_checkpointed(tmp_path, monkeypatch):
+    calls = {"n": 0}
+
+    def poison_last_step_of_epoch_2(self, x, y):
+        calls["n"] += 1
+        if calls["n"] == 14:  # 7 steps per epoch: no later loss sees the NaN in this epoch
+            with torch.no_grad():
+                self.model.head.bias[0] = float("nan")
+
+    monkeypatch.setattr(Softmax, "after_step", poison_last_step_of_epoch_2)
+    with pytest.raises(
+        TrainingDivergedError, match=r"epoch 2/3: head\.bias became NaN or infinite while every"
+    ):
+        Softmax(backbone=BB, fit=_cfg(tmp_path)).fit(DATA.loader(32))
+    assert Checkpoint(tmp_path).load()["epoch"] == 1
+
+
+def test_nan_loss_without_checkpoints_says_nothing_is_kept(monkeypatch):
+    original = Softmax.training_loss
+    monkeypatch.setattr(Softmax, "training_loss", lambda self, x, y: original(self, x, y) * float("inf"))
+    with pytest.raises(TrainingDivergedError, match=r"epoch 1/2: .*step 1/7 .*fit.checkpoint_dir is not set"):
+        Softmax(backbone=BB, fit=FitConfig(epochs=2, progress=False)).fit(DATA.loader(32))
+
+
+def test_a_rerun_with_another_lr_names_the_changed_field(tmp_path):
+    Softmax(backbone=BB, fit=_cfg(tmp_path)).fit(DATA.loader(32))
+    with pytest.raises(CheckpointError, match=r"differs in config\.fit\.lr \(0\.005 there, 0\.001 now\)"):
+        Softmax(
+            backbone=BB, fit=FitConfig(epochs=3, lr=1e-3, progress=False, checkpoint_dir=str(tmp_path))
+        ).fit(DATA.loader(32))
+
+
+# -- reported values --------------------------------------------------------------------------------------
+
+
+def test_train_loss_is_the_mean_of_the_epochs_batch_losses(monkeypatch):
+    seen = _loss_spy(monkeypatch)
+    method = Softmax(backbone=BB, fit=FitConfig(epochs=3, lr=5e-3, progress=False))
+    method.fit(DATA.loader(32, shuffle=True))  # 200 examples: 6 batches of 32 and one of 8
+    assert len(seen) == 21
+    expected = [sum(seen[e * 7 : (e + 1) * 7]) / 7 for e in range(3)]
+    assert method.history.train_loss == pytest.approx(expected, rel=1e-6)
+
+
+def test_validation_accuracy_counts_every_example_of_an_uneven_loader():
+    method = Softmax(backbone=BB, fit=FitConfig(epochs=2, lr=1e-2, progress=False))
+    method.fit(DATA.loader(32, shuffle=True), DATA.loader(64))  # 64 + 64 + 64 + 8
+    with torch.no_grad():
+        method.model.eval()
+        naive = (method.model(X).argmax(1) == Y).double().mean().item()
+    assert method.history.val_accuracy[-1] == pytest.approx(naive, abs=1e-12)
+    last_batch = (method.predict(X[192:]).predicted_class == Y[192:]).double().mean().item()
+    assert naive != pytest.approx(last_batch)  # a per-batch average would be told apart
+    assert validation_accuracy(method, DATA.loader(23)) == pytest.approx(naive, abs=1e-12)
+
+
+def test_a_nan_on_one_process_stops_every_process_at_the_same_step(tmp_path):
+    """Two gloo processes; the loss is NaN on rank 1 only, at step 9 of the run (epoch 2, step 3 of 6). Both
+    raise the same error at once (neither waits for the other in an all-reduce) and the checkpoint of epoch 1
+    stays."""
+    worker = Path(__file__).with_name("ddp_diverge_worker.py")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    proc = subprocess.run(
+        [*torchrun, str(worker), str(tmp_path)], env=env, capture_output=True, text=True, timeout=180
+    )
+    torn_down = (
+        "terminate called without an active exception" in proc.stderr and "Traceback" not in proc.stderr
+    )
+    assert proc.returncode == 0 or torn_down, proc.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.txt").read_text()) for r in (0, 1)]
+    assert ranks[0]["raised"] == ranks[1]["raised"]
+    assert (
+        "softmax: training diverged in epoch 2/3: the loss was NaN or infinite at step 3/6 (step 9 of"
+        in (ranks[0]["raised"])
+    )
+    assert f"(epoch 1) is kept at {tmp_path / 'ckpt'}" in ranks[0]["raised"]
+    assert Checkpoint(tmp_path / "ckpt").load()["epoch"] == 1
+    logging.getLogger(__name__).info(
+        "one divergence check under 2 gloo processes: %.0f us", 1e6 * ranks[0]["check_s"]
+    )
