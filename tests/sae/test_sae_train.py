@@ -133,6 +133,8 @@ def test_resume_after_a_kill_is_bitwise_identical(store_dir, tmp_path):
 
     with pytest.raises(KeyboardInterrupt):
         train_saes(config(store_dir, tmp_path / "killed", **cfg), on_step=kill)
+    with (tmp_path / "killed" / reference[0].name / "training_log.jsonl").open("a") as f:
+        f.write('{"step": 12, "tok')  # a kill -9 in the middle of appending a line
     trainer = SAETrainer(config(store_dir, tmp_path / "killed", **cfg))
     resumed = trainer.run()
     assert_bitwise_equal(weights(resumed), weights(reference))

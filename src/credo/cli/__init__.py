@@ -66,8 +66,9 @@ def _commands() -> dict[tuple[str, ...], tuple[type, Callable[[Any], Any], tuple
     """``(group, name) -> (config dataclass, function, positional fields)``; SAE configs import lazily."""
     from credo.cli.bench import ReportCommand, run_report
     from credo.cli.demo import DemoCommand, run_demo
-    from credo.cli.sae import run_sae_eval, run_sae_harvest, run_sae_train
+    from credo.cli.sae import run_sae_eval, run_sae_export, run_sae_harvest, run_sae_train
     from credo.sae.evaluate import SAEEvalConfig
+    from credo.sae.export import SAEExportConfig
     from credo.sae.harvest import HarvestConfig
     from credo.sae.train_config import SAETrainConfig
 
@@ -78,6 +79,7 @@ def _commands() -> dict[tuple[str, ...], tuple[type, Callable[[Any], Any], tuple
         ("sae", "harvest"): (HarvestConfig, run_sae_harvest, ()),
         ("sae", "train"): (SAETrainConfig, run_sae_train, ()),
         ("sae", "eval"): (SAEEvalConfig, run_sae_eval, ("sae",)),
+        ("sae", "export"): (SAEExportConfig, run_sae_export, ("sae",)),
     }
 
 

@@ -1,13 +1,22 @@
-"""``credo sae harvest|train|eval``: the sparse-autoencoder commands (their configs live in ``credo.sae``)."""
+"""``credo sae harvest|train|eval|export``: the sparse-autoencoder commands (their configs live in
+``credo.sae``). Each shows the one-line notices and the timed progress lines of :mod:`credo.sae.progress` at
+the default verbosity."""
 
 from __future__ import annotations
 
+import logging
 import sys
+
+
+def _show_progress() -> None:
+    # The root logger stays at WARNING unless -v; this one logger passes its INFO lines to the root handler.
+    logging.getLogger("credo.sae.progress").setLevel(logging.INFO)
 
 
 def run_sae_harvest(cfg) -> None:
     from credo.sae.harvest import run_harvest
 
+    _show_progress()
     for site, path in run_harvest(cfg).items():
         sys.stdout.write(f"{site}: {path}\n")
 
@@ -15,6 +24,7 @@ def run_sae_harvest(cfg) -> None:
 def run_sae_train(cfg) -> None:
     from credo.sae.train import train_saes
 
+    _show_progress()
     for path in train_saes(cfg):
         sys.stdout.write(f"{path}\n")
 
@@ -24,5 +34,12 @@ def run_sae_eval(cfg) -> None:
 
     from credo.sae.evaluate import run_eval
 
+    _show_progress()
     result = run_eval(cfg)
     sys.stdout.write(json.dumps(result, indent=2, default=str) + "\n")
+
+
+def run_sae_export(cfg) -> None:
+    from credo.sae.export import run_export
+
+    sys.stdout.write(f"{run_export(cfg)}\n")

@@ -16,7 +16,7 @@ for every architecture, because each one's latent pre-activations are affine in 
 
 from __future__ import annotations
 
-import json
+import logging
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -26,10 +26,15 @@ from typing import Any, ClassVar, Literal, NamedTuple, TypeVar, get_args
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
 from torch import Tensor, nn
 
 from credo.config import config_from_dict, config_to_dict
+from credo.errors import CheckpointError, CorruptFileError
+from credo.io import atomic_write_bytes, read_json, sha256_bytes, write_json
+
+log = logging.getLogger(__name__)
 
 Architecture = Literal["relu", "gated", "jumprelu", "topk", "batchtopk"]
 ARCHITECTURES: tuple[str, ...] = get_args(Architecture)
@@ -41,8 +46,22 @@ DTYPES = {
 }
 
 
-class SAEFormatError(ValueError):
-    """A saved SAE is missing tensors, has the wrong shapes, or was written for something credo cannot run."""
+class SAEFormatError(CorruptFileError):
+    """A saved SAE is missing tensors, has the wrong shapes, or was written for something credo cannot run
+    (a ``ValueError``, like every :class:`~credo.errors.CorruptFileError`)."""
+
+
+WEIGHTS_DIGEST_KEY = "weights_sha256"
+"""The ``cfg.json`` key holding the SHA-256 of ``model.safetensors`` (beside the :class:`SAEConfig` fields)."""
+
+
+def parse_safetensors(data: bytes, path: Path, fix: str) -> dict[str, Tensor]:
+    """The tensors in ``data``, the bytes of the safetensors file ``path``; damaged bytes raise
+    :class:`SAEFormatError` naming ``path`` and ``fix``."""
+    try:
+        return load_safetensors(data)
+    except Exception as err:  # safetensors raises its own SafetensorError for a damaged header or body
+        raise SAEFormatError(f"{path} is not a readable safetensors file ({err}); {fix}") from err
 
 
 @dataclass
@@ -262,34 +281,59 @@ class SparseAutoencoder(nn.Module, ABC):
 
     # -- saving -------------------------------------------------------------------------------------------
     def save(self, directory: str | Path) -> Path:
-        """Write ``cfg.json`` (the :class:`SAEConfig`) and ``model.safetensors`` into ``directory``."""
+        """Write ``model.safetensors`` and then ``cfg.json`` (the :class:`SAEConfig` plus the weights' SHA-256
+        under ``weights_sha256``) into ``directory``, each atomically: a crash leaves the old pair or weights
+        that :meth:`load` refuses against the old digest, never a silent mix."""
         directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().contiguous() for k, v in self.state_dict().items()}
-        save_file(state, str(directory / "model.safetensors"))
-        (directory / "cfg.json").write_text(json.dumps(config_to_dict(self.cfg), indent=2))
+        data = save_safetensors(state)
+        atomic_write_bytes(directory / "model.safetensors", data)
+        write_json(
+            directory / "cfg.json", {**config_to_dict(self.cfg), WEIGHTS_DIGEST_KEY: sha256_bytes(data)}
+        )
         return directory
 
     @staticmethod
     def load(directory: str | Path, device: str | torch.device = "cpu") -> SparseAutoencoder:
-        """Rebuild a saved SAE bit for bit (any architecture; it is named in ``cfg.json``)."""
+        """Rebuild a saved SAE bit for bit (any architecture; it is named in ``cfg.json``).
+
+        Raises:
+            FileNotFoundError: ``directory`` holds no ``model.safetensors`` (the message names what it holds).
+            CheckpointError: the weights' SHA-256 differs from the one ``cfg.json`` recorded.
+            SAEFormatError: ``cfg.json`` or the weights are unreadable or do not fit together.
+        """
         directory = Path(directory)
-        weights = directory / "model.safetensors"
+        weights, cfg_path = directory / "model.safetensors", directory / "cfg.json"
         if not weights.is_file():
             hint = ""
-            if (directory / "sae_weights.safetensors").is_file():
+            if not directory.is_dir():
+                hint = " (it is not a directory)" if directory.exists() else " (it does not exist)"
+            elif (directory / "sae_weights.safetensors").is_file():
                 hint = "; it looks like a SAELens directory: use credo.sae.load_saelens"
             elif (directory / "params.npz").is_file():
                 hint = "; it holds a Gemma Scope params.npz: use credo.sae.load_gemma_scope_npz"
             raise FileNotFoundError(f"{weights} is missing, so {directory} is not a saved credo SAE{hint}")
+        fix = f"restore {directory} or save the SAE again"
+        raw = read_json(cfg_path, fix)
+        if not isinstance(raw, dict):
+            raise SAEFormatError(f"{cfg_path} holds a JSON {type(raw).__name__}, not an SAE config; {fix}")
+        digest = raw.pop(WEIGHTS_DIGEST_KEY, None)
         try:
-            cfg = config_from_dict(SAEConfig, json.loads((directory / "cfg.json").read_text()))
-        except (OSError, json.JSONDecodeError, TypeError) as err:
-            raise SAEFormatError(
-                f"{directory / 'cfg.json'} is missing or not a credo SAE config ({err})"
-            ) from err
+            cfg = config_from_dict(SAEConfig, raw)
+        except (TypeError, ValueError) as err:
+            raise SAEFormatError(f"{cfg_path} is not a credo SAE config ({err}); {fix}") from err
+        data = weights.read_bytes()
+        if digest is None:
+            log.warning(
+                "%s records no weights digest (saved by an older credo); save it again to add one", cfg_path
+            )
+        elif sha256_bytes(data) != digest:
+            raise CheckpointError(
+                f"{weights} is corrupted or was replaced: its SHA-256 is not the {str(digest)[:16]}... that "
+                f"{cfg_path.name} recorded when it was saved; {fix}"
+            )
         sae = build_sae(cfg)
-        load_state(sae, load_file(str(weights)), str(weights))
+        load_state(sae, parse_safetensors(data, weights, fix), str(weights))
         return sae.to(device)
 
 

@@ -7,7 +7,6 @@ bundles both and :func:`run_eval` is ``credo sae eval``.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from collections.abc import Iterable, Iterator
@@ -18,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from credo.config import config_to_dict
+from credo.io import write_json
 from credo.sae.reconstruction import (
     ReconstructionAccumulator,
     log_feature_density_histogram,
@@ -94,7 +94,8 @@ class SAEEvalConfig:
     """Evaluate a saved SAE (``credo sae eval``): reconstruction, sparsity, density, spliced LM loss."""
 
     sae: str = ""
-    """Directory of the saved SAE (cfg.json + model.safetensors)."""
+    """The saved SAE: a credo directory (cfg.json + model.safetensors), a SAELens folder (cfg.json +
+    sae_weights.safetensors) or a Gemma Scope params.npz; the format is told from the files."""
     acts: str = ""
     """Activation store for the reconstruction metrics; empty: use the held-out windows of --corpus."""
     model: str = ""
@@ -106,7 +107,7 @@ class SAEEvalConfig:
     held_out: float = 0.05
     """Fraction of windows at the end of the corpus held out; use the value the harvest used."""
     context_size: int = 0
-    """Tokens per window including BOS; 0: the SAE's recorded context_size (else 128)."""
+    """Tokens per window including BOS; 0: the SAE's recorded context_size, else that of --acts (else 128)."""
     n_tokens: int = 0
     """At most this many activation rows from --acts (0: all)."""
     lm_tokens: int = 16384
@@ -124,7 +125,7 @@ class SAEEvalConfig:
     device: str = "cpu"
     """Torch device for the SAE and the model."""
     out: str = ""
-    """Directory for eval.json and feature_density.png; empty: <sae>/eval."""
+    """Directory for eval.json and feature_density.png; empty: <sae>/eval (beside a params.npz file)."""
 
     def __post_init__(self) -> None:
         if not self.sae:
@@ -143,21 +144,25 @@ class SAEEvalConfig:
 
 def run_eval(cfg: SAEEvalConfig) -> dict[str, float]:
     """``credo sae eval``: load the SAE (and model and corpus), evaluate, write eval.json and the density plot."""
-    from credo.sae.base import SparseAutoencoder
     from credo.sae.corpus import load_corpus, split_windows, start_token_id, tokenize_windows
+    from credo.sae.export import load_any_sae
     from credo.sae.models import load_causal_lm
 
-    sae = SparseAutoencoder.load(cfg.sae, cfg.device).eval()
+    sae = load_any_sae(cfg.sae, cfg.device).eval()
     store = ActivationStore(cfg.acts) if cfg.acts else None
     site = cfg.site or sae.cfg.hook_name or (store.manifest["site"] if store else "")
     model = held = bos = None
     if cfg.lm_loss:
         name = cfg.model or sae.cfg.model_name or (store.manifest["model"] if store else "")
         if not name or not site:
-            raise ValueError(f"{cfg.sae} records no model_name / hook_name: pass --model and --site")
+            raise ValueError(
+                f"{cfg.sae} records no model or site: pass --model and --site (or --acts, whose manifest names "
+                "both), or --no-lm-loss with --acts"
+            )
         model, tokenizer = load_causal_lm(name)
         model.to(cfg.device)
-        context = cfg.context_size or sae.cfg.context_size or 128
+        stored = store.manifest.get("context_size") if store else None
+        context = cfg.context_size or sae.cfg.context_size or stored or 128
         _, held = split_windows(tokenize_windows(tokenizer, load_corpus(cfg.corpus), context), cfg.held_out)
         if cfg.lm_tokens:
             held = held[: max(1, cfg.lm_tokens // context)]
@@ -169,8 +174,8 @@ def run_eval(cfg: SAEEvalConfig) -> dict[str, float]:
         lm_batch_size=cfg.lm_batch_size, exclude_bos=cfg.exclude_bos, bos_token_id=bos, accumulator=acc,
         progress=True,
     )  # fmt: skip
-    out = Path(cfg.out) if cfg.out else Path(cfg.sae) / "eval"
-    out.mkdir(parents=True, exist_ok=True)
+    source = Path(cfg.sae)
+    out = Path(cfg.out) if cfg.out else (source.parent if source.is_file() else source) / "eval"
     density = acc.feature_density()
     counts, edges = log_feature_density_histogram(density)
     report = {
@@ -179,7 +184,7 @@ def run_eval(cfg: SAEEvalConfig) -> dict[str, float]:
         "metrics": {k: v if math.isfinite(v) else None for k, v in metrics.items()},  # JSON has no NaN
         "log10_feature_density_histogram": {"counts": counts.tolist(), "edges": edges.tolist()},
     }
-    (out / "eval.json").write_text(json.dumps(report, indent=2))
+    write_json(out / "eval.json", report)
     plot_feature_density(density, cfg.dense_threshold, site).savefig(out / "feature_density.png", dpi=120)
     log.info("wrote %s", out / "eval.json")
     return metrics

@@ -6,12 +6,14 @@ Export folds the input scale into a copy, as :mod:`credo.sae.formats` describes;
 
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from credo.io import atomic_write
 from credo.sae.base import SAEConfig, SAEFormatError, SparseAutoencoder
 from credo.sae.formats import _assemble, _check_shapes, _exported
 from credo.sae.jumprelu import JumpReLUSAE
@@ -28,7 +30,10 @@ def save_gemma_scope_npz(sae: SparseAutoencoder, path: str | Path) -> Path:
     written this way.
     """
     if sae.arch not in ("jumprelu", "relu", "batchtopk"):
-        raise SAEFormatError(f"a {sae.arch} SAE cannot be written as Gemma Scope JumpReLU weights")
+        raise SAEFormatError(
+            f"a {sae.arch} SAE cannot be written as Gemma Scope JumpReLU weights (those hold JumpReLU, ReLU and "
+            "BatchTopK SAEs); export it in the SAELens format (--format saelens), which holds every architecture"
+        )
     out, tensors = _exported(sae)
     if out.arch == "relu":
         tensors["threshold"] = torch.zeros_like(out.b_enc).detach()
@@ -36,9 +41,8 @@ def save_gemma_scope_npz(sae: SparseAutoencoder, path: str | Path) -> Path:
         shift = tensors["b_dec"].double() @ tensors["W_enc"].double()
         tensors["b_enc"] = (tensors["b_enc"].double() - shift).to(tensors["b_enc"].dtype)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("wb") as fh:  # a file handle, so numpy does not append ".npz" to the name
-        np.savez(fh, **{k: tensors[k].cpu().to(torch.float32).numpy() for k in GEMMA_SCOPE_KEYS})
+    arrays = {k: tensors[k].cpu().to(torch.float32).numpy() for k in GEMMA_SCOPE_KEYS}
+    atomic_write(path, lambda fh: np.savez(fh, **arrays))  # a file handle: numpy appends no ".npz" to it
     return path
 
 
@@ -51,12 +55,9 @@ def load_gemma_scope_npz(
     ``hook_layer``, ``context_size``, ``dataset``, ``prepend_bos``), which the file does not carry.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist; pass the path of a Gemma Scope params.npz")
-    with np.load(path) as data:
-        # Some copies spell the weights w_enc / w_dec.
-        arrays = {("W_" + k[2:] if k.startswith("w_") else k): np.asarray(data[k]) for k in data.files}
-        found = sorted(data.files)
+    if path.is_dir() and (path / "params.npz").is_file():
+        path = path / "params.npz"
+    arrays, found = _read_npz(path)
     if set(arrays) != set(GEMMA_SCOPE_KEYS):
         raise SAEFormatError(
             f"{path} holds arrays {found}, but a Gemma Scope params.npz has {list(GEMMA_SCOPE_KEYS)}"
@@ -72,3 +73,31 @@ def load_gemma_scope_npz(
     sae = _assemble(cfg, state, str(path))
     assert isinstance(sae, JumpReLUSAE)
     return sae.to(device)
+
+
+_NPZ_FIX = "re-download it, or export it again (credo sae export --format gemma-scope)"
+
+
+def _read_npz(path: Path) -> tuple[dict[str, np.ndarray], list[str]]:
+    """The arrays of the ``.npz`` file ``path`` (``w_enc`` / ``w_dec`` renamed ``W_enc`` / ``W_dec``, as
+    some copies spell them) and the names found; anything unreadable raises an error naming the file."""
+    if path.is_dir():
+        raise FileNotFoundError(
+            f"{path} is a directory without a params.npz; pass the path of a Gemma Scope params.npz"
+        )
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist; pass the path of a Gemma Scope params.npz")
+    if not zipfile.is_zipfile(path):  # empty, truncated, text, a bare .npy: np.load would guess at pickles
+        size = path.stat().st_size
+        what = "is empty" if size == 0 else f"is not an .npz archive ({size} bytes, no zip directory)"
+        raise SAEFormatError(f"{path} {what}: it may be truncated or another file type; {_NPZ_FIX}")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            found = sorted(data.files)
+            arrays = {("W_" + k[2:] if k.startswith("w_") else k): np.asarray(data[k]) for k in data.files}
+    except PermissionError:
+        raise  # the command line names the file and says to check its permissions
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError) as err:
+        reason = "it holds pickled objects, which credo never loads" if "pickle" in str(err) else str(err)
+        raise SAEFormatError(f"{path} is a damaged .npz archive ({reason}); {_NPZ_FIX}") from err
+    return arrays, found

@@ -23,12 +23,13 @@ from typing import Any, Literal
 import numpy as np
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from credo.sae.buffer import ShuffleBuffer, drop_nonfinite
 from credo.sae.corpus import load_corpus, split_windows, start_token_id, tokenize_windows
-from credo.sae.models import load_causal_lm, model_name
-from credo.sae.sites import resolve_site, site_width
+from credo.sae.models import layer_count, load_causal_lm, model_name
+from credo.sae.progress import Progress, notice
+from credo.sae.sites import parse_site, resolve_site, site_width
+from credo.sae.store import read_manifest
 from credo.sae.writer import ActivationWriter
 
 log = logging.getLogger(__name__)
@@ -51,7 +52,8 @@ class HarvestConfig:
     batch_size: int = 8
     """Windows per forward pass."""
     max_tokens: int = 0
-    """Stop after harvesting this many tokens per site (0: the whole corpus)."""
+    """Stop after harvesting this many tokens per site (0: the whole corpus). Rerunning into the same --out
+    with a larger limit extends the store exactly (the harvest continues where it stopped)."""
     held_out: float = 0.05
     """Fraction of windows at the end of the corpus left out of the cache, for evaluation."""
     exclude_bos: bool = True
@@ -64,17 +66,29 @@ class HarvestConfig:
     """Storage dtype of the activations."""
     nonfinite: Literal["skip", "error"] = "skip"
     """Rows with NaN or inf: skip them (counted in the manifest) or stop with an error."""
+    progress_every: float = 30.0
+    """Seconds between progress lines when stderr is not a terminal (logs, CI, nohup); a terminal shows a bar."""
 
     def __post_init__(self) -> None:
         self.layers, self.sites = tuple(self.layers), tuple(self.sites)
         if not self.site_names():
             raise ValueError("name at least one site (--sites) or layer (--layers)")
+        if any(layer < 0 for layer in self.layers):
+            raise ValueError(f"--layers {_show(self.layers)}: layers are numbered from 0")
+        for site in self.sites:
+            parse_site(site)  # a malformed name is refused before anything loads
         if self.context_size < 2 or self.batch_size < 1 or self.shard_tokens < 1 or self.max_tokens < 0:
             raise ValueError("context_size >= 2, batch_size >= 1, shard_tokens >= 1 and max_tokens >= 0")
+        if self.progress_every < 0:
+            raise ValueError(f"progress_every must be >= 0 seconds, got {self.progress_every}")
 
     def site_names(self) -> list[str]:
         """The sites asked for, ``layers`` expanded, duplicates dropped."""
         return list(dict.fromkeys([*self.sites, *(f"blocks.{L}.hook_resid_post" for L in self.layers)]))
+
+
+def _show(values: Sequence[object]) -> str:
+    return ",".join(map(str, values))
 
 
 class _StopForward(Exception):
@@ -126,13 +140,15 @@ def harvest(
     max_tokens: int | None = None,
     skip_windows: int = 0,
     progress: bool = True,
+    progress_every: float = 30.0,
 ) -> Iterator[dict[str, Tensor]]:
     """Activations at ``sites`` over a corpus, one dict ``{site: [n_tokens, d]}`` per batch of windows.
 
     ``data`` is text (cut into windows of ``context_size`` by :func:`tokenize_windows`) or windows already
     made, ``[n_windows, T]`` int64. Rows are in window order, position order within a window, BOS positions
     left out under ``exclude_bos``. ``max_tokens`` caps the rows counted from the first window (the last batch
-    is cut to it); ``skip_windows`` starts later, for resuming.
+    is cut to it); ``skip_windows`` starts later, for resuming. Progress: a bar on a terminal, else a line
+    every ``progress_every`` seconds (:class:`~credo.sae.progress.Progress`).
     """
     windows = data if isinstance(data, Tensor) else tokenize_windows(tokenizer, data, context_size)
     limit = getattr(model.config, "max_position_embeddings", None)
@@ -143,9 +159,8 @@ def harvest(
     total = len(windows) * per_window if max_tokens is None else min(max_tokens, len(windows) * per_window)
     done = skip_windows * per_window
     device = next(model.parameters()).device
-    bar = tqdm(
-        total=total, initial=min(done, total), unit="tok", disable=None if progress else True, desc="harvest"
-    )
+    what = "harvest " + ", ".join(sites) if len(sites) <= 2 else f"harvest of {len(sites)} sites"
+    bar = Progress(total, what, "tok", initial=min(done, total), every=progress_every, enabled=progress)
     with bar:
         for lo in range(skip_windows, len(windows), batch_size):
             if done >= total:
@@ -176,11 +191,15 @@ def harvest_to_store(
     nonfinite: Literal["skip", "error"] = "skip",
     corpus: str = "",
     progress: bool = True,
+    progress_every: float = 30.0,
 ) -> dict[str, Path]:
     """Harvest ``windows`` at ``sites`` into ``out/<site>/`` stores; returns each site's directory.
 
     Resumable: each site's writer knows how many harvested rows it has accounted for; the harvest restarts
     at the window holding the earliest of those, and each writer takes only the rows past its own count.
+    The row stream is deterministic, so a store finished under a smaller ``max_tokens`` is extended exactly by
+    a rerun with a larger one (:meth:`ActivationWriter.reopen`); a smaller one than a store holds is refused,
+    since a store never drops rows.
     """
     out = Path(out)
     first = int(drops_bos(tokenizer, windows, exclude_bos))
@@ -196,21 +215,36 @@ def harvest_to_store(
             context_size=windows.shape[1],
             harvest=made,
             nonfinite=nonfinite,
+            max_tokens=max_tokens,
         )  # fmt: skip
         for site in dict.fromkeys(sites)
     }
+    per_window = windows.shape[1] - first
+    target = len(windows) * per_window if max_tokens is None else min(max_tokens, len(windows) * per_window)
+    for w in writers.values():
+        _check_limit(w, target, max_tokens)
+        if w.complete and w.source_tokens < target:
+            notice(
+                "extending %s: it holds %d tokens (harvested with --max-tokens %s); continuing to %d",
+                w.dir, w.tokens, w.max_tokens or "not recorded", target,
+            )  # fmt: skip
+            w.reopen(max_tokens)
+        elif not w.complete:
+            w.set_max_tokens(max_tokens)
     todo = {site: w for site, w in writers.items() if not w.complete}
     if not todo:
-        log.info("%s: every site is complete already", out)
+        notice("%s: every site is complete already (%d tokens each); nothing to harvest", out, target)
         return {site: w.dir for site, w in writers.items()}
-    per_window = windows.shape[1] - first
     skip = min(w.source_tokens for w in todo.values()) // per_window
     if skip:
-        log.info("resuming %s after %d windows", out, skip)
+        notice(
+            "resuming the harvest into %s: %d of %d tokens done, restarting at window %d of %d",
+            out, min(w.source_tokens for w in todo.values()), target, skip, len(windows),
+        )  # fmt: skip
     position = skip * per_window
     for acts in harvest(
         model, tokenizer, windows, list(todo), batch_size=batch_size, exclude_bos=exclude_bos,
-        max_tokens=max_tokens, skip_windows=skip, progress=progress,
+        max_tokens=max_tokens, skip_windows=skip, progress=progress, progress_every=progress_every,
     ):  # fmt: skip
         n = 0
         for site, w in todo.items():
@@ -223,6 +257,26 @@ def harvest_to_store(
     for w in todo.values():
         w.finish()
     return {site: w.dir for site, w in writers.items()}
+
+
+def _check_limit(w: ActivationWriter, target: int, max_tokens: int | None) -> None:
+    """Refuse a limit below what the store already accounts for: a store never drops rows."""
+    if w.source_tokens > target:
+        _refuse_smaller(w.dir, w.manifest, target, max_tokens)
+
+
+def _refuse_smaller(directory: Path, manifest: dict[str, Any], target: int, max_tokens: int | None) -> None:
+    limit = manifest.get("max_tokens")
+    stored = f"--max-tokens {limit}" if limit else "no limit (the whole corpus)"
+    if "max_tokens" not in manifest:
+        stored = "a limit this store did not record"
+    asked = f"--max-tokens {max_tokens}" if max_tokens else "the whole corpus"
+    raise ValueError(
+        f"{directory} already holds {manifest['source_tokens']} harvested tokens (made with {stored}); "
+        f"{asked} ({target} tokens) would keep fewer, and a store never drops rows. Rerun with "
+        f"--max-tokens {limit or manifest['source_tokens']} (or more, to extend it), train on fewer with "
+        f"`credo sae train --total-tokens {target}`, or harvest into a new --out directory"
+    )
 
 
 def stream_from_model(
@@ -272,7 +326,13 @@ def stream_from_model(
 
 
 def run_harvest(cfg: HarvestConfig) -> dict[str, Path]:
-    """``credo sae harvest``: load the model and corpus, hold out the last windows, harvest to ``cfg.out``."""
+    """``credo sae harvest``: load the model and corpus, hold out the last windows, harvest to ``cfg.out``.
+
+    The sites' layers are checked against the model's layer count (read from its config, no weights loaded)
+    before the model loads, so a bad ``--layers`` costs no load time.
+    """
+    check_layers(cfg.model, cfg.site_names())
+    check_stored_limit(cfg)
     model, tokenizer = load_causal_lm(cfg.model)
     windows = tokenize_windows(tokenizer, load_corpus(cfg.corpus), cfg.context_size)
     train, held = split_windows(windows, cfg.held_out)
@@ -281,5 +341,32 @@ def run_harvest(cfg: HarvestConfig) -> dict[str, Path]:
         model, tokenizer, train, cfg.site_names(), cfg.out, model_name(cfg.model),
         batch_size=cfg.batch_size, exclude_bos=cfg.exclude_bos, max_tokens=cfg.max_tokens or None,
         shard_tokens=cfg.shard_tokens, dtype=cfg.dtype, nonfinite=cfg.nonfinite,
-        corpus=f"{cfg.corpus} (held out: last {cfg.held_out:g} of windows)",
+        corpus=f"{cfg.corpus} (held out: last {cfg.held_out:g} of windows)", progress_every=cfg.progress_every,
     )  # fmt: skip
+
+
+def check_stored_limit(cfg: HarvestConfig) -> None:
+    """Refuse, before anything loads, a ``max_tokens`` below what a site's store in ``cfg.out`` already holds
+    (:func:`harvest_to_store` checks it again against the corpus)."""
+    if not cfg.max_tokens:
+        return
+    for site in cfg.site_names():
+        if (Path(cfg.out) / site / "manifest.json").is_file():
+            w = read_manifest(Path(cfg.out) / site)
+            if w["source_tokens"] > cfg.max_tokens:
+                _refuse_smaller(Path(cfg.out) / site, w, cfg.max_tokens, cfg.max_tokens)
+
+
+def check_layers(model: str, sites: Sequence[str]) -> None:
+    """Refuse sites past the model's last layer, reading the layer count without loading weights
+    (:func:`~credo.sae.models.layer_count`); a model whose count cannot be read is checked after loading."""
+    n = layer_count(model)
+    if n is None:
+        return
+    bad = [site for site in sites if parse_site(site)[0] >= n]
+    if bad:
+        layers = sorted({parse_site(site)[0] for site in bad})
+        raise ValueError(
+            f"--layers/--sites: {model} has {n} layers, so valid layers are 0..{n - 1}; "
+            f"{_show(layers)} {'is' if len(layers) == 1 else 'are'} out of range ({', '.join(bad)})"
+        )

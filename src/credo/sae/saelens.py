@@ -7,15 +7,15 @@ into the weights.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save as save_safetensors
 from torch import Tensor
 
-from credo.sae.base import SAEConfig, SAEFormatError, SparseAutoencoder
+from credo.io import atomic_write_bytes, read_json, write_json
+from credo.sae.base import SAEConfig, SAEFormatError, SparseAutoencoder, parse_safetensors
 from credo.sae.formats import _SAELENS_TENSORS, _assemble, _check_shapes, _exported
 
 SAELENS_FORMAT_VERSION = "6.0.0"
@@ -71,9 +71,9 @@ def save_saelens(sae: SparseAutoencoder, directory: str | Path) -> Path:
     if arch == "topk":
         cfg.update(k=c.k, rescale_acts_by_decoder_norm=False, activation_fn_kwargs={"k": c.k})
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(directory / "sae_weights.safetensors"))
-    (directory / "cfg.json").write_text(json.dumps(cfg, indent=2))
+    weights = save_safetensors({k: v.contiguous() for k, v in tensors.items()})
+    atomic_write_bytes(directory / "sae_weights.safetensors", weights)
+    write_json(directory / "cfg.json", cfg)
     return directory
 
 
@@ -97,8 +97,18 @@ def load_saelens(
     cfg_path, weights = directory / "cfg.json", directory / "sae_weights.safetensors"
     for path in (cfg_path, weights):
         if not path.is_file():
-            raise FileNotFoundError(f"{path} is missing, so {directory} is not a SAELens SAE directory")
-    raw = json.loads(cfg_path.read_text())
+            where = "" if directory.exists() else " (it does not exist)"
+            raise FileNotFoundError(
+                f"{path} is missing, so {directory} is not a SAELens SAE directory{where}; pass a folder "
+                "holding cfg.json and sae_weights.safetensors (`credo sae export --format saelens` writes one)"
+            )
+    fix = f"restore {directory} from its source, or export the SAE again (credo sae export --format saelens)"
+    raw = read_json(cfg_path, fix)
+    if not isinstance(raw, dict):
+        raise SAEFormatError(f"{cfg_path} holds a JSON {type(raw).__name__}, not a SAELens config; {fix}")
+    missing = [k for k in ("d_in", "d_sae") if not isinstance(raw.get(k), int)]
+    if missing:
+        raise SAEFormatError(f"{cfg_path} lacks the integer field(s) {missing} of a SAELens config; {fix}")
     name = raw.get("architecture", "standard")
     if name not in _FROM_SAELENS:
         raise SAEFormatError(
@@ -118,7 +128,7 @@ def load_saelens(
         )
     if raw.get("finetuning_scaling_factor"):
         raise SAEFormatError(f"{cfg_path}: finetuning_scaling_factor SAEs are not supported")
-    state = load_file(str(weights))
+    state = parse_safetensors(weights.read_bytes(), weights, fix)
     if arch == "jumprelu" and "log_threshold" in state and "threshold" not in state:
         state["threshold"] = state.pop("log_threshold").exp()  # a SAELens training checkpoint
     if set(state) != set(_SAELENS_TENSORS[arch]):

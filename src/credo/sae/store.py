@@ -25,8 +25,6 @@ Guarantees:
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 from collections.abc import Iterator
 from pathlib import Path
@@ -37,6 +35,8 @@ import torch
 from safetensors.torch import load as load_safetensors
 from torch import Tensor
 
+from credo.errors import CorruptFileError
+from credo.io import read_json, sha256_bytes
 from credo.sae.buffer import ShuffleBuffer
 
 log = logging.getLogger(__name__)
@@ -45,16 +45,53 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 FORMAT = "credo.activations/1"
 
 
-class CorruptShardError(ValueError):
+class CorruptShardError(CorruptFileError):
     """A shard is missing or its bytes do not hash to the SHA-256 the manifest recorded."""
 
 
+_MANIFEST_KEYS = {
+    "format": str, "model": str, "site": str, "d_in": int, "dtype": str, "shard_tokens": int, "tokens": int,
+    "source_tokens": int, "complete": bool, "shards": list,
+}  # fmt: skip
+MANIFEST_FIX = "the store is damaged: restore manifest.json, or delete the directory and harvest again"
+
+
 def read_manifest(directory: str | Path) -> dict[str, Any]:
-    """The parsed ``manifest.json`` of an activation directory."""
-    path = Path(directory) / "manifest.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"no activation store at {path.parent}: {path.name} is missing")
-    return json.loads(path.read_text())
+    """The parsed ``manifest.json`` of an activation directory, checked to have the fields a store needs.
+
+    Raises:
+        FileNotFoundError: there is no ``manifest.json`` (not an activation store).
+        CorruptFileError: it is not valid JSON, or lacks a field (the message names the file and the fix).
+    """
+    directory = Path(directory)
+    path = directory / "manifest.json"
+    if not path.exists():
+        what = (
+            "the directory does not exist" if not directory.exists()
+            else "it is a file, not a directory" if not directory.is_dir()
+            else f"{path.name} is missing"
+        )  # fmt: skip
+        raise FileNotFoundError(
+            f"no activation store at {directory}: {what}; pass a site directory written by "
+            "`credo sae harvest` (<out>/<site>)"
+        )
+    manifest = read_json(path, MANIFEST_FIX)
+    if not isinstance(manifest, dict):
+        raise CorruptFileError(
+            f"{path} holds a JSON {type(manifest).__name__}, not a manifest; {MANIFEST_FIX}"
+        )
+    wrong = [k for k, kind in _MANIFEST_KEYS.items() if not isinstance(manifest.get(k), kind)]
+    if manifest.get("format") != FORMAT:
+        raise CorruptFileError(
+            f"{path} is not a credo activation store manifest (format {manifest.get('format')!r}, expected "
+            f"{FORMAT!r}); pass a site directory written by `credo sae harvest`"
+        )
+    if wrong:
+        raise CorruptFileError(f"{path} lacks or mistypes the field(s) {wrong}; {MANIFEST_FIX}")
+    for i, entry in enumerate(manifest["shards"]):
+        if not (isinstance(entry, dict) and {"file", "rows", "sha256"} <= entry.keys()):
+            raise CorruptFileError(f"{path}: shard entry {i} lacks file, rows or sha256; {MANIFEST_FIX}")
+    return manifest
 
 
 class ActivationStore:
@@ -67,10 +104,6 @@ class ActivationStore:
     def __init__(self, directory: str | Path, verify_all: bool = False):
         self.dir = Path(directory)
         self.manifest = read_manifest(self.dir)
-        if self.manifest.get("format") != FORMAT:
-            raise ValueError(
-                f"{self.dir}: not a credo activation store (format {self.manifest.get('format')})"
-            )
         self.shards: list[dict[str, Any]] = self.manifest["shards"]
         self.offsets = np.cumsum([0] + [s["rows"] for s in self.shards])
         self.max_rows_held = 0
@@ -102,7 +135,7 @@ class ActivationStore:
                 f"{path} is missing; the store is damaged: harvest again into a new directory"
             )
         data = path.read_bytes()
-        digest = hashlib.sha256(data).hexdigest()
+        digest = sha256_bytes(data)
         if digest != entry["sha256"]:
             raise CorruptShardError(
                 f"{path} is corrupt: its sha256 is {digest[:16]}..., the manifest recorded "

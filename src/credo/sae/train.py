@@ -26,10 +26,10 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from credo.distributed import average_gradients, distributed_context, sync_module
 from credo.sae.base import SparseAutoencoder, build_sae
+from credo.sae.progress import Progress
 from credo.sae.schedules import TrainingSchedule, effective_warmup
 from credo.sae.store import ActivationStore
 from credo.sae.train_config import UNIT_NORM_DECODER, SAESpec, SAETrainConfig
@@ -111,9 +111,9 @@ class SAETrainer(TrainerState):
                 if self.world > 1:
                     sync_module(sae, self.world)
             batches = chain(head, batches)
-        bar = tqdm(
-            total=self.total_steps, initial=start, desc="SAE training", unit="step", mininterval=1.0,
-            disable=True if not cfg.progress or self.rank != 0 else None,  # None: only on a terminal
+        bar = Progress(
+            self.total_steps, "SAE training", "step", initial=start, every=cfg.progress_every,
+            enabled=cfg.progress and self.rank == 0,
         )  # fmt: skip
         for step in range(start, self.total_steps):
             x = next(batches, None)
@@ -124,11 +124,11 @@ class SAETrainer(TrainerState):
             if self._usable(x, step):
                 self._train_step(x.to(self.device, non_blocking=True), step)
             self.step = step + 1
-            bar.update()
+            summary = None
             if self.step % cfg.log_every == 0 or self.step == self.total_steps:
                 summary = self._log()
-                bar.set_postfix_str(summary, refresh=False)
                 log.info("step %d/%d: %s", self.step, self.total_steps, summary)
+            bar.update(1, summary)
             if self.checkpoint and (self.step % cfg.checkpoint_every == 0 or self.step == self.total_steps):
                 self._save_checkpoint()
             if on_step is not None:

@@ -130,6 +130,8 @@ class SAETrainConfig:
     """Checkpoint directory; empty: <out>/checkpoint."""
     progress: bool = True
     """Show a progress bar with each SAE's L0 and FVU (rank 0 only)."""
+    progress_every: float = 30.0
+    """Seconds between progress lines when stderr is not a terminal (logs, CI, nohup); a terminal shows a bar."""
 
     def __post_init__(self) -> None:
         self.archs, self.saes = tuple(self.archs), tuple(self.saes)
@@ -151,6 +153,8 @@ class SAETrainConfig:
         )
         if any(not getattr(self, name) > 0 for name in positive):
             raise ValueError(f"{', '.join(positive)} must be > 0")
+        if self.progress_every < 0:
+            raise ValueError(f"progress_every must be >= 0 seconds, got {self.progress_every}")
         if min(self.lr_warmup_steps, self.sparsity_warmup_steps) < 0:
             raise ValueError("warm-up steps must be >= 0")
         if not (0 <= self.adam_beta1 < 1 and 0 <= self.adam_beta2 < 1 and self.adam_eps > 0):

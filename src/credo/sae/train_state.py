@@ -22,7 +22,9 @@ import torch.distributed as dist
 from torch import Tensor
 
 from credo.config import config_to_dict
+from credo.io import atomic_write_bytes, write_json
 from credo.sae.base import SparseAutoencoder
+from credo.sae.progress import notice
 from credo.sae.schedules import TrainingSchedule
 from credo.sae.store import ActivationStore
 from credo.sae.train_config import SAESpec, SAETrainConfig
@@ -32,7 +34,15 @@ from credo.uncertainty.fit import Checkpoint
 log = logging.getLogger("credo.sae.train")  # the logger these messages had before the module split
 
 _STATS = ("loss", "reconstruction_loss", "sparsity_loss", "aux_loss", "l0")
-_VOLATILE = ("progress", "checkpoint_every", "checkpoint_dir", "out", "log_every", "device")
+_VOLATILE = ("progress", "progress_every", "checkpoint_every", "checkpoint_dir", "out", "log_every", "device")
+
+
+def _logged_step(line: str) -> float:
+    """The step of a ``training_log.jsonl`` line; a line cut short by a kill counts as after any checkpoint."""
+    try:
+        return json.loads(line)["step"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        return float("inf")
 
 
 class TrainerState:
@@ -138,9 +148,13 @@ class TrainerState:
             for name in self.names:
                 path = Path(self.cfg.out) / name / "training_log.jsonl"
                 if path.exists():
-                    kept = [ln for ln in path.read_text().splitlines() if json.loads(ln)["step"] <= self.step]
-                    path.write_text("".join(ln + "\n" for ln in kept))
-        log.info("resuming from %s at step %d/%d", self.checkpoint.path, self.step, self.total_steps)
+                    kept = [ln for ln in path.read_text().splitlines() if _logged_step(ln) <= self.step]
+                    atomic_write_bytes(path, "".join(ln + "\n" for ln in kept).encode())
+        if self.rank == 0:
+            notice(
+                "resuming SAE training of %s from %s at step %d/%d",
+                ", ".join(self.names), self.checkpoint.path, self.step, self.total_steps,
+            )  # fmt: skip
         return self.step
 
     def _save_checkpoint(self) -> None:
@@ -179,7 +193,7 @@ class TrainerState:
         if self.rank == 0:
             for sae, path in zip(self.saes, paths, strict=True):
                 sae.save(path)
-            (out / "train_config.json").write_text(json.dumps(config_to_dict(self.cfg), indent=2))
+            write_json(out / "train_config.json", config_to_dict(self.cfg))
             log.info("saved %d SAEs under %s", len(paths), out)
         if self.world > 1:
             dist.barrier()

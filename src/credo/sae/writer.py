@@ -4,10 +4,7 @@ a shard at a time, atomically and resumably (layout and guarantees in :mod:`cred
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import os
 import re
 import time
 from pathlib import Path
@@ -17,24 +14,13 @@ import torch
 from safetensors.torch import save as save_safetensors
 from torch import Tensor
 
+from credo.io import atomic_write_bytes, sha256_bytes, write_json
 from credo.sae.buffer import drop_nonfinite
 from credo.sae.store import DTYPES, FORMAT, read_manifest
 
 log = logging.getLogger("credo.sae.store")  # the logger these messages had before the module split
 
 _SHARD = re.compile(r"^shard_\d{5}\.safetensors$")
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 class ActivationWriter:
@@ -55,6 +41,7 @@ class ActivationWriter:
         context_size: int | None = None,
         harvest: dict[str, Any] | None = None,
         nonfinite: Literal["skip", "error"] = "skip",
+        max_tokens: int | None = None,
     ):
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
@@ -94,6 +81,7 @@ class ActivationWriter:
                 "tokens": 0,
                 "source_tokens": 0,
                 "nonfinite_rows": 0,
+                "max_tokens": max_tokens,
                 "complete": False,
                 "shards": [],
                 "created": now,
@@ -130,6 +118,45 @@ class ActivationWriter:
     def complete(self) -> bool:
         return bool(self.manifest["complete"])
 
+    @property
+    def max_tokens(self) -> int | None:
+        """The harvest's row limit (``--max-tokens``) the store was made with; None: the whole corpus (or a
+        store written before the limit was recorded)."""
+        return self.manifest.get("max_tokens")
+
+    def set_max_tokens(self, max_tokens: int | None) -> None:
+        """Record the limit an unfinished harvest now runs to (written with the next manifest)."""
+        self.manifest["max_tokens"] = max_tokens
+
+    def reopen(self, max_tokens: int | None) -> None:
+        """Let a complete store take more rows: a rerun with a larger ``max_tokens`` continues the harvest where
+        it stopped. The store becomes incomplete again; its short last shard (the old end) leaves the manifest
+        and its rows are harvested again, so the store ends shard for shard as if harvested to the new limit
+        at once. Crash-safe: the manifest is replaced first; the shard file it no longer lists is deleted.
+        """
+        m = self.manifest
+        last = None
+        if m["shards"] and m["shards"][-1]["rows"] < m["shard_tokens"]:
+            last = m["shards"].pop()
+            m["tokens"] -= last["rows"]
+            before = m["shards"][-1].get("source_tokens") if m["shards"] else 0
+            if before is None:  # a store written before shards recorded it: exact only without skipped rows
+                if m.get("nonfinite_rows", 0):
+                    raise ValueError(
+                        f"{self.dir} was written by an older credo and skipped non-finite rows, so where its "
+                        "harvest stopped is not recorded; harvest into a new directory to use a larger max_tokens"
+                    )
+                before = m["tokens"]
+            m["source_tokens"] = before
+        m["nonfinite_rows"] = m["source_tokens"] - m["tokens"]
+        m["complete"] = False
+        m["max_tokens"] = max_tokens
+        self._write_manifest()
+        if last is not None:
+            (self.dir / last["file"]).unlink(missing_ok=True)
+        self._pending, self._pending_source = [], []
+        self._appended = m["source_tokens"]
+
     def append(self, rows: Tensor) -> None:
         """Add harvested rows ``[n, d_in]`` (the next ``n`` in harvest order); writes every full shard."""
         if self.complete:
@@ -153,9 +180,12 @@ class ActivationWriter:
     def _write_shard(self, rows: Tensor, source_done: int) -> None:
         name = f"shard_{len(self.manifest['shards']):05d}.safetensors"
         data = save_safetensors({"activations": rows.contiguous()})
-        _atomic_write(self.dir / name, data)
+        atomic_write_bytes(self.dir / name, data)
         m = self.manifest
-        m["shards"].append({"file": name, "rows": len(rows), "sha256": hashlib.sha256(data).hexdigest()})
+        # source_tokens: the harvested rows accounted for once this shard is stored (see `reopen`).
+        m["shards"].append(
+            {"file": name, "rows": len(rows), "sha256": sha256_bytes(data), "source_tokens": source_done}
+        )
         m["tokens"] += len(rows)
         m["source_tokens"] = source_done
         m["nonfinite_rows"] = m["source_tokens"] - m["tokens"]
@@ -163,7 +193,7 @@ class ActivationWriter:
 
     def _write_manifest(self) -> None:
         self.manifest["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S")
-        _atomic_write(self.dir / "manifest.json", json.dumps(self.manifest, indent=1).encode())
+        write_json(self.dir / "manifest.json", self.manifest)
 
     def finish(self) -> dict[str, Any]:
         """Write the pending rows as a last (short) shard, mark the store complete; returns the manifest."""
