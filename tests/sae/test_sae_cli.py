@@ -6,6 +6,7 @@ export round trips, progress lines in a non-terminal run, and a bad --layers ref
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -19,7 +20,9 @@ import torch.nn.functional as F
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from credo.cli import main
+from credo.config import field_docs
 from credo.sae import SAEConfig, SparseAutoencoder, build_sae, load_gemma_scope_npz, load_saelens
+from credo.sae.export import SAEExportConfig
 from credo.sae.models import _package_dir
 from credo.sae.store import ActivationStore
 
@@ -222,6 +225,7 @@ def test_export_both_formats_and_eval_each_like_the_original(pipeline, tmp_path,
 
 
 def test_export_refusals_are_one_line(pipeline, tmp_path, capsys):
+    assert set(field_docs(SAEExportConfig)) == {f.name for f in dataclasses.fields(SAEExportConfig)}
     assert main(["sae", "export", str(pipeline["sae"]), "--out", str(pipeline["sae"])]) == 2
     assert "own directory" in one_line_error(capsys)
     build_sae(SAEConfig(d_in=D, d_sae=32, arch="gated")).save(tmp_path / "gated")
@@ -358,3 +362,15 @@ def test_progress_lines_follow_the_interval(monkeypatch, caplog):
     with Progress(10, "work", "item", every=0.0) as bar:  # a terminal: the bar, no lines
         bar.update(10)
     assert caplog.records == []
+
+
+def test_a_malformed_site_or_negative_layer_is_refused_before_anything_loads(
+    tiny, tmp_path, capsys, monkeypatch
+):
+    monkeypatch.setattr("credo.sae.harvest.load_causal_lm", lambda *_: pytest.fail("the model was loaded"))
+    for flags, message in [
+        (["--sites", "blocks.1.resid"], "--sites: malformed site 'blocks.1.resid'"),
+        (["--layers", "-1"], "--layers -1: layers are numbered from 0"),
+    ]:
+        assert main(["sae", "harvest", "--model", str(tiny["lm"]), *flags, "--out", str(tmp_path)]) == 2
+        assert message in one_line_error(capsys)

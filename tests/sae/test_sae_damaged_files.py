@@ -121,6 +121,21 @@ def test_saelens_config_without_sizes_is_named(tmp_path, store, capsys):
     assert "lacks the integer field(s) ['d_in', 'd_sae']" in eval_fails(capsys, directory, store)
     (directory / "cfg.json").write_text("[1, 2]")
     assert "not a SAELens config" in eval_fails(capsys, directory, store)
+    bad_dtype = {"architecture": "jumprelu", "d_in": D_IN, "d_sae": D_SAE, "dtype": "complex32"}
+    (directory / "cfg.json").write_text(json.dumps(bad_dtype))
+    err = eval_fails(capsys, directory, store)
+    assert f"{directory / 'cfg.json'} describes no SAE credo can build" in err and "complex32" in err
+
+
+def test_params_npz_of_integers_is_named(tmp_path, store, capsys):
+    path = save_gemma_scope_npz(trained_like(), tmp_path / "params.npz")
+    with np.load(path) as data:
+        arrays = {k: data[k] for k in data.files}
+    arrays["W_dec"] = arrays["W_dec"].astype(np.int64)
+    with path.open("wb") as f:
+        np.savez(f, **arrays)
+    err = eval_fails(capsys, path, store)
+    assert "must hold floating-point numbers" in err and "'W_dec': 'int64'" in err
 
 
 # -- credo directories and their weights digest -------------------------------------------------------------

@@ -65,6 +65,11 @@ def load_gemma_scope_npz(
     if arrays["W_enc"].ndim != 2:
         raise SAEFormatError(f"{path}: W_enc should be [d_in, d_sae], got shape {arrays['W_enc'].shape}")
     d_in, d_sae = arrays["W_enc"].shape
+    if any(v.dtype.kind != "f" for v in arrays.values()):
+        kinds = {k: str(v.dtype) for k, v in arrays.items()}
+        raise SAEFormatError(
+            f"{path}: the arrays must hold floating-point numbers, found dtypes {kinds}; {_NPZ_FIX}"
+        )
     state = {k: torch.from_numpy(v.astype(np.float32, copy=True)) for k, v in arrays.items()}
     _check_shapes(state, d_in, d_sae, str(path))
     cfg = SAEConfig(

@@ -75,8 +75,11 @@ class HarvestConfig:
             raise ValueError("name at least one site (--sites) or layer (--layers)")
         if any(layer < 0 for layer in self.layers):
             raise ValueError(f"--layers {_show(self.layers)}: layers are numbered from 0")
-        for site in self.sites:
-            parse_site(site)  # a malformed name is refused before anything loads
+        for site in self.sites:  # a malformed name is refused before anything loads
+            try:
+                parse_site(site)
+            except ValueError as err:
+                raise ValueError(f"--sites: {err}") from err
         if self.context_size < 2 or self.batch_size < 1 or self.shard_tokens < 1 or self.max_tokens < 0:
             raise ValueError("context_size >= 2, batch_size >= 1, shard_tokens >= 1 and max_tokens >= 0")
         if self.progress_every < 0:

@@ -140,20 +140,10 @@ def load_saelens(
     k = raw.get("k", (raw.get("activation_fn_kwargs") or {}).get("k"))
     if arch == "topk" and k is None:
         raise SAEFormatError(f"{cfg_path}: a topk SAE needs 'k' (or activation_fn_kwargs.k)")
-    cfg = SAEConfig(
-        d_in=int(raw["d_in"]),
-        d_sae=int(raw["d_sae"]),
-        arch=arch,  # type: ignore[arg-type]
-        k=int(k) if k is not None else SAEConfig.k,
-        log_threshold=log_threshold,
-        dtype=str(raw.get("dtype", "float32")).removeprefix("torch."),  # type: ignore[arg-type]
-        model_name=meta.get("model_name") or "",
-        hook_name=meta.get("hook_name") or meta.get("hook_point") or "",
-        hook_layer=meta.get("hook_layer"),
-        context_size=meta.get("context_size"),
-        dataset=meta.get("dataset_path") or "",
-        prepend_bos=bool(meta.get("prepend_bos", True)),
-    )
+    try:
+        cfg = _config(raw, arch, k, log_threshold, meta)
+    except (TypeError, ValueError) as err:  # a bad k, dtype or size
+        raise SAEFormatError(f"{cfg_path} describes no SAE credo can build ({err}); {fix}") from err
     _check_shapes(state, cfg.d_in, cfg.d_sae, str(weights))
     _fold_conventions(
         state,
@@ -184,3 +174,21 @@ def _fold_conventions(state: dict[str, Tensor], arch: str, apply_b_dec: bool, re
         for name, value in (("W_enc", t["W_enc"] * norms), ("b_enc", t["b_enc"] * norms)):
             state[name] = value.to(state[name].dtype)
         state["W_dec"] = (t["W_dec"] / norms[:, None]).to(state["W_dec"].dtype)
+
+
+def _config(raw: dict[str, Any], arch: str, k: Any, log_threshold: bool, meta: dict[str, Any]) -> SAEConfig:
+    """The :class:`SAEConfig` a SAELens ``cfg.json`` (``raw``, its metadata merged into ``meta``) describes."""
+    return SAEConfig(
+        d_in=int(raw["d_in"]),
+        d_sae=int(raw["d_sae"]),
+        arch=arch,  # type: ignore[arg-type]
+        k=int(k) if k is not None else SAEConfig.k,
+        log_threshold=log_threshold,
+        dtype=str(raw.get("dtype", "float32")).removeprefix("torch."),  # type: ignore[arg-type]
+        model_name=meta.get("model_name") or "",
+        hook_name=meta.get("hook_name") or meta.get("hook_point") or "",
+        hook_layer=meta.get("hook_layer"),
+        context_size=meta.get("context_size"),
+        dataset=meta.get("dataset_path") or "",
+        prepend_bos=bool(meta.get("prepend_bos", True)),
+    )

@@ -4,7 +4,8 @@ through a shuffle buffer (:class:`ActivationStore` here).
 Layout of ``<out>/<site>/``::
 
     manifest.json              model, site, dtype, d_in, context_size, how the rows were made (corpus,
-                               BOS exclusion), token counts, shard list (file, rows, sha256)
+                               BOS exclusion), max_tokens, token counts, shard list (file, rows, sha256,
+                               source_tokens)
     shard_00000.safetensors    one tensor "activations" [rows, d_in] (float32, bfloat16 or float16)
     shard_00001.safetensors    ...
 
@@ -18,6 +19,10 @@ Guarantees:
   that many (a different model, site... raises, naming the fields that differ). Rows
   buffered but not yet in a shard are lost on interruption and harvested again: the final content is the
   same as an uninterrupted run's, shard for shard.
+- The manifest records the harvest's row limit (``max_tokens``, null for the whole corpus). A complete store
+  rerun with a larger limit is reopened and extended exactly: its short last shard is dropped and harvested
+  again, so it ends shard for shard as one harvested to the new limit at once (``source_tokens`` of each
+  shard entry says where the harvest stood after it). A smaller limit than a store holds is refused.
 - Rows with NaN or inf (checked after the cast to the storage dtype) are never stored: ``nonfinite="skip"``
   drops and counts them (``nonfinite_rows`` in the manifest), ``"error"`` raises.
 - Reading verifies a shard's SHA-256 when it is opened (``verify_all`` checks every shard upfront).
