@@ -317,7 +317,10 @@ def test_a_non_terminal_run_prints_resume_notices_and_progress_lines(tiny, tmp_p
         return proc.stderr
 
     err = run([*harvest_args(tiny, tmp_path / "acts", "--max-tokens", "300"), "--progress-every", "0"])
-    assert f"resuming the harvest into {tmp_path / 'acts'}: {partial['source_tokens']} of 300 tokens" in err
+    resumed = (
+        f"resuming the harvest of {SITE} into {tmp_path / 'acts'}: {partial['source_tokens']} of 300 tokens"
+    )
+    assert resumed in err
     lines = [ln for ln in err.splitlines() if f"credo.sae.progress: harvest {SITE}: " in ln]
     assert lines and "done, 300/300 tok" in lines[-1] and "/300 tok (" in lines[0]
     # Training: killed after step 6 (checkpoint at 6), then rerun in a pipe.

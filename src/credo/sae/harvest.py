@@ -241,8 +241,8 @@ def harvest_to_store(
     skip = min(w.source_tokens for w in todo.values()) // per_window
     if skip:
         notice(
-            "resuming the harvest into %s: %d of %d tokens done, restarting at window %d of %d",
-            out, min(w.source_tokens for w in todo.values()), target, skip, len(windows),
+            "resuming the harvest of %s into %s: %d of %d tokens done, restarting at window %d of %d",
+            ", ".join(todo), out, min(w.source_tokens for w in todo.values()), target, skip, len(windows),
         )  # fmt: skip
     position = skip * per_window
     for acts in harvest(
