@@ -156,7 +156,7 @@ class ConformalRegressor(RegressionMethod):
         preds, ys = [], []
         for x, y in loader:
             preds.append(self.base.predict(x))
-            ys.append(self.check_target(y))
+            ys.append(self.prepare_targets(torch.as_tensor(y), "calibration"))
         pred, y = Prediction.cat(preds), torch.cat(ys)
         scores = self.scores(pred, y)  # [n, *target_shape, P]
         alphas = [2 * self.config.quantile_levels[lo] for lo, _ in self.pairs]
@@ -177,6 +177,7 @@ class ConformalRegressor(RegressionMethod):
     def predict(self, x: Tensor) -> Prediction:
         if int(self.model.num_calibration) == 0:
             raise RuntimeError(f"{self.name} is not calibrated yet: call fit, or calibrate on held-out data")
+        x = self.prepare_input(x)
         pred = self.base.predict(x)
         lower, upper = nest_intervals(*self.intervals(pred))
         point = pred.mean

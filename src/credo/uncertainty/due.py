@@ -156,7 +156,9 @@ class DUE(UncertaintyMethod):
             )
         from sklearn.cluster import KMeans
 
-        x = training_inputs(train_loader, self.config.num_init_points, self.config.fit.seed)
+        x = self.prepare_input(
+            training_inputs(train_loader, self.config.num_init_points, self.config.fit.seed), "fit"
+        )
         extractor = copy.deepcopy(self.model.feature_extractor).train()
         features = torch.cat([extractor(chunk) for chunk in x.split(INIT_CHUNK)]).float()
         if not bool(features.isfinite().all()):
@@ -210,7 +212,7 @@ class DUE(UncertaintyMethod):
     # -- prediction -----------------------------------------------------------------------------------
     @torch.no_grad()
     def predict(self, x: Tensor) -> Prediction:
-        self.check_input(x)
+        x = self.prepare_input(x)
         self.model.eval()
         g = self.model(x)
         if not self.is_classifier:

@@ -229,7 +229,7 @@ class DUQ(UncertaintyMethod):
 
     @torch.no_grad()
     def predict(self, x: Tensor) -> Prediction:
-        self.check_input(x)
+        x = self.prepare_input(x)
         self.model.eval()
         log_kernel = self.model.log_kernel(x)
         return Prediction(

@@ -129,17 +129,18 @@ class DeepEnsemble(UncertaintyMethod):
     @torch.no_grad()
     def member_probs(self, x: Tensor) -> Tensor:
         """``[M, B, C]`` each member's class probabilities."""
-        self.check_input(x)
+        x = self.prepare_input(x)
         return torch.stack([m.predict(x).probs for m in self.members])
 
     @torch.no_grad()
     def predictive_components(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Regression: every member's mixture components, stacked, ``[sum_i S_i, B, *target_shape]``."""
-        self.check_input(x)
+        x = self.prepare_input(x)
         parts = [m.predictive_components(x) for m in self.members]
         return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
     def predict(self, x: Tensor) -> Prediction:
+        x = self.prepare_input(x)
         if self.is_regression:
             return self.predict_regression(x)
         samples = self.member_probs(x)
@@ -149,11 +150,11 @@ class DeepEnsemble(UncertaintyMethod):
     @torch.no_grad()
     def predict_regression(self, x: Tensor) -> Prediction:
         """The members' Gaussian mixture, or for quantile members the level-by-level mean of their quantiles."""
+        x = self.prepare_input(x)
         levels = torch.tensor(self.config.quantile_levels, dtype=torch.float64)
         if self.members[0].gaussian_components:
             means, stds = self.predictive_components(x)
             return gaussian_mixture_prediction(means, stds, levels)
-        self.check_input(x)
         q = torch.stack([m.predict(x).quantiles for m in self.members]).mean(0)
         spread = spread_from_quantiles(q, levels) if len(levels) > 1 else torch.zeros_like(q[..., 0])
         return Prediction(

@@ -66,11 +66,12 @@ class MCDropout(Softmax):
     @torch.no_grad()
     def sample_probs(self, x: Tensor) -> Tensor:
         """``[S, B, C]`` class probabilities from ``S`` dropout masks."""
-        self.check_input(x)
+        x = self.prepare_input(x)
         with dropout_sampling(self.model):
             return torch.stack([F.softmax(self.model(x), -1) for _ in range(self.config.num_samples)])
 
     def predict(self, x: Tensor) -> Prediction:
+        x = self.prepare_input(x)
         samples = self.sample_probs(x)
         probs = samples.mean(0)
         return Prediction(uncertainty=classification_score(probs, self.config.score, samples), probs=probs)

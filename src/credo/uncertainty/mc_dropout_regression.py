@@ -45,7 +45,7 @@ class MCDropoutRegression(MeanVariance):
 
     @torch.no_grad()
     def predictive_components(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        self.check_input(x)
+        x = self.prepare_input(x)
         with dropout_sampling(self.model):
             passes = [self.mean_and_variance(x) for _ in range(self.config.num_samples)]
         means = torch.stack([m for m, _ in passes])

@@ -74,7 +74,7 @@ class MeanVariance(RegressionMethod):
 
     @torch.no_grad()
     def predictive_components(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        self.check_input(x)
+        x = self.prepare_input(x)
         self.model.eval()
         mean, variance = self.mean_and_variance(x)
         return mean.unsqueeze(0), variance.sqrt().unsqueeze(0)

@@ -188,7 +188,7 @@ class MeanFieldVI(RegressionMethod):
     @torch.no_grad()
     def sample_outputs(self, x: Tensor) -> Tensor:
         """``[S, B, num_outputs]`` network outputs under ``S = num_samples`` weight samples (eval mode)."""
-        self.check_input(x)
+        x = self.prepare_input(x)
         self.model.eval()
         return torch.stack([self.model(x) for _ in range(self.config.num_samples)])
 
@@ -205,6 +205,7 @@ class MeanFieldVI(RegressionMethod):
 
     @torch.no_grad()
     def predict(self, x: Tensor) -> Prediction:
+        x = self.prepare_input(x)
         if not self.is_classifier:
             return super().predict(x)
         samples = F.softmax(self.sample_outputs(x), dim=-1)

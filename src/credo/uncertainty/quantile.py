@@ -103,7 +103,7 @@ class QuantileRegression(RegressionMethod):
 
     @torch.no_grad()
     def predict(self, x: Tensor) -> Prediction:
-        self.check_input(x)
+        x = self.prepare_input(x)
         self.model.eval()
         q = self.quantiles(x)
         levels = self.quantile_levels

@@ -146,6 +146,12 @@ class RegressionMethod(UncertaintyMethod):
             raise ValueError(f"{self.name}: targets contain NaN or infinite values; clean them first")
         return y
 
+    def prepare_targets(self, y: Tensor, where: str) -> Tensor:
+        """Training targets: :meth:`check_target` in the model's dtype (class indices for a classifying subclass)."""
+        if self.is_classifier:
+            return super().prepare_targets(y, where)
+        return self.check_target(y).to(device=self.device, dtype=self.dtype)
+
     def predictive_components(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Means and stds ``[S, B, *target_shape]`` of the equal-weight Gaussian mixture predicted for ``x``."""
         raise NotImplementedError(f"{self.name} does not predict a Gaussian mixture")
@@ -153,6 +159,7 @@ class RegressionMethod(UncertaintyMethod):
     @torch.no_grad()
     def predict(self, x: Tensor) -> Prediction:
         """Mixture mean, std and quantiles per target element; ``uncertainty`` is the mean std per example."""
+        x = self.prepare_input(x)
         means, stds = self.predictive_components(x)
         return gaussian_mixture_prediction(means, stds, self.quantile_levels)
 

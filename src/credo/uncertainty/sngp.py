@@ -194,7 +194,7 @@ class SNGP(UncertaintyMethod):
 
     @torch.no_grad()
     def predict(self, x: Tensor) -> Prediction:
-        self.check_input(x)
+        x = self.prepare_input(x)
         self.model.eval()
         logits, phi = self.model(x)
         variance = self.model.gp.predictive_variance(phi)

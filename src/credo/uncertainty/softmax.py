@@ -33,7 +33,7 @@ class Softmax(UncertaintyMethod):
 
     @torch.no_grad()
     def predict(self, x: Tensor) -> Prediction:
-        self.check_input(x)
+        x = self.prepare_input(x)
         self.model.eval()
         probs = F.softmax(self.model(x), dim=-1)
         return Prediction(uncertainty=classification_score(probs, self.config.score), probs=probs)
