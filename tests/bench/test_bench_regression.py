@@ -184,7 +184,14 @@ def test_report_draws_image_targets(tmp_path):
     rng = np.random.default_rng(0)
     store = ResultsStore(tmp_path)
     store.update_run(
-        {"task": "images", "budget": "test", "kind": "regression", "methods": ["a", "b"], "seeds": [0]}
+        {
+            "task": "images",
+            "budget": "test",
+            "kind": "regression",
+            "methods": ["a", "b"],
+            "seeds": [0],
+            "fingerprints": {"a": {"synthetic": "a"}, "b": {"synthetic": "b"}},
+        }
     )
     for method in ("a", "b"):
         arrays = {}
@@ -200,7 +207,9 @@ def test_report_draws_image_targets(tmp_path):
                 f"{prefix}/score": rng.random(20),
             }
         metrics = {"test/rmse": 0.5, "test/width_90": 2.0, "shifted/far/width_90": 3.0}
-        store.write_cell(Cell(method, 0, metrics, {}, {}, arrays, "images", "test"))
+        store.write_cell(
+            Cell(method, 0, metrics, {}, {}, arrays, "images", "test", "", {"synthetic": method})
+        )
     html = write_report(tmp_path).read_text()
     for kind in ("profiles", "profiles-shifted", "coverage", "width"):
         assert f'<img class="{kind}"' in html

@@ -10,6 +10,7 @@ import pytest
 
 from credo.bench import Cell, ResultsStore, aggregate, to_markdown, write_report
 from credo.bench.report import referral_figure
+from credo.errors import CredoError
 
 
 def synthetic_cell(method: str, seed: int, num_classes: int, ood: tuple[str, ...]) -> Cell:
@@ -34,7 +35,15 @@ def synthetic_cell(method: str, seed: int, num_classes: int, ood: tuple[str, ...
     for name in ood:
         arrays[f"ood/{name}/score"] = rng.normal(0.0, 0.2, 80) - 0.3
         metrics[f"ood/{name}/auroc"] = 0.7 + 0.01 * seed
-    return Cell(method, seed, metrics, {"fit": {"seed": seed}}, {"train_s": 1.0}, arrays, "synthetic", "test")
+    config = {"fit": {"seed": seed}}
+    return Cell(
+        method, seed, metrics, config, {"train_s": 1.0}, arrays, "synthetic", "test", "", fingerprint(method)
+    )
+
+
+def fingerprint(method: str) -> dict:
+    """A stand-in fingerprint: the report only compares it with the one run.json records."""
+    return {"synthetic": method}
 
 
 def fill(out, methods=("softmax", "ensemble"), seeds=(0, 1), num_classes=3, ood=("mnist", "digits")) -> None:
@@ -48,6 +57,7 @@ def fill(out, methods=("softmax", "ensemble"), seeds=(0, 1), num_classes=3, ood=
             "seeds": list(seeds),
             "command": "credo bench synthetic --seeds 2",
             "updated": "2026-01-01T00:00:00+00:00",
+            "fingerprints": {m: fingerprint(m) for m in methods},
         }
     )
     for m in methods:
@@ -97,5 +107,5 @@ def test_referral_plot_shows_auc_only_for_binary_tasks(num_classes, panels):
 
 
 def test_report_needs_finished_cells(tmp_path):
-    with pytest.raises(ValueError, match="no finished cells"):
+    with pytest.raises(CredoError, match="no finished cells"):
         write_report(tmp_path)

@@ -2,8 +2,9 @@
 a report, for classification and regression tasks.
 
 ``run_benchmark("fashion-mnist", ["softmax", "ensemble"], seeds=3, out="runs/fm")`` trains every cell,
-writes ``out/cells/<method>/seed<k>.{json,npz}`` as each finishes, then ``results.json``, ``table.md`` and a
-self-contained ``report.html``. Rerunning the same call skips finished cells and resumes an interrupted one.
+writes ``out/cells/<method>/seed<k>.{npz,json}`` as each finishes, then ``results.json``, ``table.md`` and a
+self-contained ``report.html``, all from the same verified cells. Rerunning the same call skips finished cells
+(their digest and config fingerprint checked), recomputes damaged ones and resumes an interrupted one.
 """
 
 from credo.bench import regression_tasks  # registers virtual-diagnostic, diabetes, auto-mpg
@@ -15,18 +16,21 @@ from credo.bench.aggregate import (
     to_markdown,
     write_results_json,
 )
+from credo.bench.fingerprint import cell_fingerprint, changed_fields
 from credo.bench.methods import (
     BENCH_METHODS,
     REGRESSION_BENCH_METHODS,
     SEED_STRIDE,
     BenchMethod,
     bench_method,
+    bench_method_names,
     build_method,
+    check_methods,
 )
 from credo.bench.regression import REGRESSION_QUANTILE_LEVELS, evaluate_regression
-from credo.bench.report import write_report
+from credo.bench.report import write_outputs, write_report
 from credo.bench.runner import BenchResult, evaluate, run_benchmark, run_cell
-from credo.bench.store import Cell, ResultsStore
+from credo.bench.store import Cell, LeftOut, MixedResultsError, ResultsStore, VerifiedCells
 from credo.bench.tasks import TASKS, Budget, Task, TaskData, get_task, register_task
 
 __all__ = [
@@ -39,14 +43,21 @@ __all__ = [
     "BenchResult",
     "Budget",
     "Cell",
+    "LeftOut",
+    "MixedResultsError",
     "ResultsStore",
     "ResultsTable",
     "Summary",
     "Task",
     "TaskData",
+    "VerifiedCells",
     "aggregate",
     "bench_method",
+    "bench_method_names",
     "build_method",
+    "cell_fingerprint",
+    "changed_fields",
+    "check_methods",
     "evaluate",
     "evaluate_regression",
     "get_task",
@@ -56,6 +67,7 @@ __all__ = [
     "run_benchmark",
     "run_cell",
     "to_markdown",
+    "write_outputs",
     "write_report",
     "write_results_json",
 ]

@@ -15,7 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from credo.bench.store import Cell, write_json
+from credo.bench.store import Cell, LeftOut
+from credo.io import write_json
 
 HIGHER_IS_BETTER = {
     "accuracy": True, "auc": True, "auroc": True, "aupr_in": True, "aupr_out": True,
@@ -116,8 +117,14 @@ def to_markdown(table: ResultsTable, metrics: Sequence[str] | None = None, digit
     return "\n".join(lines) + "\n"
 
 
-def write_results_json(table: ResultsTable, path: str | Path, run: dict[str, Any] | None = None) -> Path:
-    """Write the aggregated numbers (NaN as null) and, if given, the run record to ``path``."""
+def write_results_json(
+    table: ResultsTable,
+    path: str | Path,
+    run: dict[str, Any] | None = None,
+    left_out: Sequence[LeftOut] = (),
+) -> Path:
+    """Write the aggregated numbers (NaN as null), the run record and the cells left out to ``path``."""
     path = Path(path)
-    write_json(path, {"run": run or {}, "results": table.to_dict()})
+    skipped = [{"method": p.method, "seed": p.seed, "reason": p.reason} for p in left_out]
+    write_json(path, {"run": run or {}, "results": table.to_dict(), "left_out": skipped})
     return path

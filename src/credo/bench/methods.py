@@ -22,6 +22,7 @@ from typing import Any
 from credo.bench.regression import REGRESSION_QUANTILE_LEVELS
 from credo.bench.tasks import Task, get_task
 from credo.config import config_from_dict, config_to_dict
+from credo.nn import BackboneConfig
 from credo.uncertainty import METHODS, UncertaintyMethod
 
 SEED_STRIDE = 1000
@@ -141,21 +142,99 @@ versions there (a heteroscedastic Gaussian network with dropout, an ensemble of 
 
 def bench_method(name: str, kind: str = "classification") -> BenchMethod:
     """The :class:`BenchMethod` called ``name`` for a task of ``kind``; a registered method without an
-    entry gets the defaults."""
-    if kind == "regression" and name in REGRESSION_BENCH_METHODS:
-        spec = REGRESSION_BENCH_METHODS[name]
-    elif name in BENCH_METHODS:
-        spec = BENCH_METHODS[name]
-    elif name in METHODS:
-        spec = BenchMethod(name)
-    else:
-        known = sorted(set(BENCH_METHODS) | set(METHODS) | set(REGRESSION_BENCH_METHODS))
-        raise ValueError(f"unknown method {name!r}; known methods: {known}")
+    entry gets the defaults. An unknown name is an error that lists the names valid for ``kind``."""
+    try:
+        spec = bench_method_from_registries(name, kind)
+    except KeyError:
+        raise ValueError(
+            f"unknown method {name!r}; the methods of a {kind} task are: {', '.join(bench_method_names(kind))}"
+        ) from None
     if spec.method not in METHODS:
         raise ValueError(
             f"bench method {name!r} refers to {spec.method!r}, which is not registered in METHODS"
         )
     return spec
+
+
+def bench_method_names(kind: str) -> list[str]:
+    """Every method name the benchmark can run on a task of ``kind`` ("classification" or "regression").
+
+    Read from the registries each time (so entries added at run time count): every entry of the kind's
+    registry (:data:`BENCH_METHODS`, or :data:`REGRESSION_BENCH_METHODS` for regression), and every other
+    name the bench resolves (entries of the other registry, registered methods without an entry) that builds
+    as a method of that kind. The check builds those on a tiny network: milliseconds, no data read.
+    """
+    if kind not in ("classification", "regression"):
+        raise ValueError(f"kind must be 'classification' or 'regression', got {kind!r}")
+    own = REGRESSION_BENCH_METHODS if kind == "regression" else BENCH_METHODS
+    others = [name for name in dict.fromkeys([*BENCH_METHODS, *METHODS]) if name not in own]
+    return sorted([*own, *(name for name in others if _builds_as(name, kind))])
+
+
+def _builds_as(name: str, kind: str) -> bool:
+    """True if bench method ``name`` builds, on a tiny network, as a method of ``kind``."""
+    try:
+        spec = bench_method_from_registries(name, kind)
+        cls = METHODS[spec.method]
+        cfg = config_to_dict(cls.Config())
+        # the entry's backbone changes (dropout, spectral norm) on a tiny fc_resnet: the kind of a method
+        # never depends on the network it is built on, and a tiny one builds in microseconds
+        tiny = {"name": "fc_resnet", "in_shape": [3], "num_outputs": 2 if kind == "classification" else 1,
+                "features": 4, "depth": 1}  # fmt: skip
+        cfg["backbone"] = {**config_to_dict(BackboneConfig()), **spec.backbone, **tiny}
+        if kind == "regression":
+            if "quantile_levels" not in cfg:
+                return False
+            cfg.update(target_shape=[], quantile_levels=list(REGRESSION_QUANTILE_LEVELS))
+        _merge(cfg, {k: v for k, v in spec.config.items() if k != "fit"})
+        method = cls(config_from_dict(cls.Config, cfg))
+    except (ValueError, TypeError, KeyError):
+        return False
+    return is_classifier(method) == (kind == "classification")
+
+
+def bench_method_from_registries(name: str, kind: str) -> BenchMethod:
+    """:func:`bench_method` without the list of valid names in its error (which would call back here)."""
+    if kind == "regression" and name in REGRESSION_BENCH_METHODS:
+        return REGRESSION_BENCH_METHODS[name]
+    if name in BENCH_METHODS:
+        return BENCH_METHODS[name]
+    if name in METHODS:
+        return BenchMethod(name)
+    raise KeyError(name)
+
+
+def is_classifier(method: UncertaintyMethod) -> bool:
+    """Whether ``method`` predicts class probabilities (the fit loop's rule: a method says so, or it is one)."""
+    return bool(getattr(method, "is_classifier", True))
+
+
+def check_methods(
+    names: list[str], task: Task | str, budget: str, overrides: dict[str, dict[str, Any]] | None = None
+) -> None:
+    """Check, before any work, that every name is a method of ``task``'s kind that builds at ``budget``
+    with its ``overrides``; one error names every bad one and lists the valid names.
+
+    Raises:
+        ValueError: an unknown name, a method of the other kind, or a config (override) it refuses.
+    """
+    task = get_task(task)
+    task.budget(budget)
+    overrides = overrides or {}
+    problems = []
+    for name in dict.fromkeys(names):
+        try:
+            method = build_method(name, task, budget, seed=0, overrides=overrides.get(name))
+        except ValueError as err:
+            problems.append(f"{name!r} ({' '.join(str(err).split())})")
+            continue
+        if is_classifier(method) != (task.kind == "classification"):
+            problems.append(f"{name!r} (it is not a {task.kind} method)")
+    if problems:
+        raise ValueError(
+            f"cannot run {'; '.join(problems)} on the {task.kind} task {task.name!r}; the methods of a "
+            f"{task.kind} task are: {', '.join(bench_method_names(task.kind))}"
+        )
 
 
 def method_config_dict(

@@ -21,7 +21,6 @@ import time
 import numpy as np
 import torch
 
-from credo import metrics as M
 from credo.bench.tasks import TaskData
 from credo.uncertainty import Prediction, UncertaintyMethod, central_interval
 
@@ -45,6 +44,8 @@ def _predict(method: UncertaintyMethod, ds) -> tuple[Prediction, torch.Tensor]:
 
 def coverage_curve(pred: Prediction, y: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     """Nominal and observed coverage of the central intervals ``[q_tau, q_{1-tau}]`` of the predicted levels."""
+    from credo import metrics as M  # scipy.stats, imported on first use: the command line starts faster
+
     levels = [float(v) for v in pred.quantile_levels]
     nominal = sorted(
         {round(1 - 2 * t, 6) for t in levels if t < 0.5 and any(abs(v - (1 - t)) < 1e-6 for v in levels)}
@@ -58,6 +59,8 @@ def coverage_curve(pred: Prediction, y: torch.Tensor) -> tuple[np.ndarray, np.nd
 
 def regression_metrics(pred: Prediction, y: torch.Tensor) -> dict[str, float]:
     """The scalar metrics of the module docstring for one evaluated set."""
+    from credo import metrics as M
+
     lo, hi = central_interval(pred, INTERVAL_LEVEL)
     out = {
         "rmse": M.root_mean_squared_error(pred.mean, y),
@@ -97,6 +100,8 @@ def evaluate_regression(
     Keys: ``test/<metric>``, ``shifted/<set>/<metric>``; OOD sets (inputs without usable targets) get the
     OOD-detection metrics of the per-example uncertainty against the test set, ``ood/<set>/auroc`` etc.
     """
+    from credo import metrics as M
+
     start = time.perf_counter()
     pred, y = _predict(method, data.test)
     predict_s = time.perf_counter() - start

@@ -1,6 +1,9 @@
-"""The benchmark report: ``report.html`` (one self-contained file, plots embedded as PNG) and ``table.md``.
+"""The benchmark outputs: ``results.json``, ``table.md`` and ``report.html`` (one self-contained file, plots
+embedded as PNG), all three from one list of verified cells (:func:`write_outputs`).
 
-Everything is read back from the store, so a report can be rebuilt from ``out/`` alone at any time. Plots:
+``credo report`` (:func:`write_report`) rebuilds them from ``out/`` alone: it verifies every cell against the
+digest in its record and the fingerprint ``run.json`` records for its method, and names every cell it leaves
+out, and why, in its log, in ``results.json`` and in the report. Plots:
 
 * reliability diagrams of the test set, one per method, **pooled over seeds** (all seeds' test predictions
   binned together, 15 equal-width bins);
@@ -17,14 +20,26 @@ import base64
 import html
 import io
 import json
+import logging
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from credo.bench.aggregate import ResultsTable, aggregate, mean_and_se, metric_label, to_markdown
-from credo.bench.store import Cell, ResultsStore, atomic_write
+from credo.bench.aggregate import (
+    ResultsTable,
+    aggregate,
+    mean_and_se,
+    metric_label,
+    to_markdown,
+    write_results_json,
+)
+from credo.bench.store import Cell, LeftOut, ResultsStore
+from credo.io import atomic_write_bytes
+
+log = logging.getLogger(__name__)
 
 _CSS = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }
@@ -131,17 +146,50 @@ def table_html(table: ResultsTable, digits: int = 3) -> str:
 
 
 def write_report(out: str | Path) -> Path:
-    """Write ``out/report.html`` and ``out/table.md`` from the finished cells in ``out``; returns the HTML."""
+    """Rebuild ``results.json``, ``table.md`` and ``report.html`` from the store in ``out``; returns the HTML.
+
+    Only cells whose ``.npz`` has the digest their record names and whose fingerprint is the one ``run.json``
+    records for their method are used; every other cell is named, with the reason, in a logged warning,
+    ``results.json`` and the report.
+
+    Raises:
+        CredoError: no cell can be reported (the message names those left out).
+    """
+    from credo.errors import CredoError
+
     out = Path(out)
     store = ResultsStore(out)
     run = store.read_run()
-    cells = store.finished_cells(arrays=True)
+    found = store.verified_cells(run.get("fingerprints", {}))
+    for p in found.left_out:
+        log.warning("leaving out of the report: cell %s", p.describe())
+    if not found.cells:
+        why = "; ".join(p.describe() for p in found.left_out) or "there are none"
+        raise CredoError(f"{out} has no finished cells to report on ({why}); run the benchmark first")
+    return write_outputs(out, run, found.cells, found.left_out)[1] or out / "report.html"
+
+
+def write_outputs(
+    out: str | Path,
+    run: dict[str, Any],
+    cells: list[Cell],
+    left_out: Sequence[LeftOut] = (),
+    report: bool = True,
+) -> tuple[ResultsTable, Path | None]:
+    """Write ``results.json`` and (if ``report``) ``table.md`` and ``report.html`` from ``cells`` alone.
+
+    Every number in the three files comes from the one table aggregated here; ``left_out`` (cells on disk
+    that are not used) is listed in ``results.json`` and the report. Returns the table and the HTML path.
+    """
+    out = Path(out)
     if not cells:
         raise ValueError(f"{out} has no finished cells to report on; run the benchmark first")
     order = run.get("methods", [])
     table = aggregate(cells, method_order=order)
-    markdown = to_markdown(table)
-    atomic_write(out / "table.md", lambda f: f.write(markdown.encode()))
+    write_results_json(table, out / "results.json", run, left_out)
+    if not report:
+        return table, None
+    atomic_write_bytes(out / "table.md", to_markdown(table).encode())
     groups = _by_method(cells, order)
     sections = [
         "<h2>Results</h2>",
@@ -149,6 +197,9 @@ def write_report(out: str | Path) -> Path:
         "leaves the error undefined. ↑ higher is better, ↓ lower is better. Times in seconds.</p>",
         table_html(table),
     ]
+    if left_out:
+        items = "".join(f"<li>{html.escape(p.describe())}</li>" for p in left_out)
+        sections.append(f'<p class="note">Cells left out of every number on this page:</p><ul>{items}</ul>')
     if run.get("kind") == "regression" or "test/probs" not in cells[0].arrays:
         from credo.bench.report_regression import regression_sections
 
@@ -163,8 +214,8 @@ def write_report(out: str | Path) -> Path:
         f'<p class="note">{html.escape(run.get("description", ""))}</p>{"".join(sections)}</body></html>\n'
     )
     path = out / "report.html"
-    atomic_write(path, lambda f: f.write(page.encode()))
-    return path
+    atomic_write_bytes(path, page.encode())
+    return table, path
 
 
 def _classification_sections(groups: dict[str, list[Cell]], cells: list[Cell]) -> list[str]:

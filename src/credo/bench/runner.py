@@ -11,25 +11,30 @@ import logging
 import shlex
 import sys
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from credo import __version__
-from credo.bench.aggregate import ResultsTable, aggregate, to_markdown, write_results_json
-from credo.bench.methods import build_method
+from credo.bench.aggregate import ResultsTable, to_markdown
+from credo.bench.fingerprint import cell_fingerprint
+from credo.bench.methods import build_method, check_methods
 from credo.bench.regression import evaluate_regression
-from credo.bench.store import Cell, ResultsStore
+from credo.bench.store import Cell, LeftOut, MixedResultsError, ResultsStore, VerifiedCells
 from credo.bench.tasks import Task, TaskData, get_task
 from credo.config import config_to_dict
+from credo.distributed import distributed_context
 from credo.uncertainty import UncertaintyMethod
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 PREDICT_BATCH = 1000
 """Batch size of every prediction pass."""
@@ -37,18 +42,21 @@ PREDICT_BATCH = 1000
 
 @dataclass
 class BenchResult:
-    """What :func:`run_benchmark` did and the table over every finished cell in the store."""
+    """What :func:`run_benchmark` did and the table over every usable cell in the store."""
 
     out: Path
     """The output directory."""
     table: ResultsTable
-    """Mean ± SE over seeds of every finished cell in ``out`` (earlier runs' seeds included)."""
+    """Mean ± SE over seeds of every usable cell in ``out`` (earlier runs' seeds included); the same numbers as
+    ``results.json``, ``table.md`` and ``report.html``."""
     computed: list[tuple[str, int]]
     """Cells trained by this call."""
     skipped: list[tuple[str, int]]
-    """Cells found finished and not recomputed."""
+    """Cells found finished and current, and not recomputed."""
     report: Path | None
     """``out/report.html``, or None if no report was asked for."""
+    left_out: list[LeftOut] = field(default_factory=list)
+    """Cells on disk that no output uses (damaged, or of another configuration), each with its reason."""
 
 
 def _now() -> str:
@@ -56,7 +64,7 @@ def _now() -> str:
 
 
 def run_benchmark(
-    task: str,
+    task: str | Task,
     methods: list[str],
     seeds: int | list[int],
     out: str | Path,
@@ -68,9 +76,24 @@ def run_benchmark(
 ) -> BenchResult:
     """Train and evaluate every method with every seed on ``task``; write cells, table and report to ``out``.
 
+    Before any work (and before ``run.json`` is written) the task, the budget, every method name (for the
+    task's kind) and every override are checked, so a typo fails at once, listing the valid names.
+
+    A rerun reuses a finished cell only if its ``.npz`` has the digest its record names and its fingerprint
+    (:mod:`credo.bench.fingerprint`: the method's resolved config, task, budget, data sizes, cell format) is
+    this run's. A damaged cell is recomputed. A cell of this run computed from another configuration is
+    **refused**, with the changed fields named (:class:`~credo.bench.store.MixedResultsError`): a result is
+    never silently replaced nor mixed with others; delete the named cells or choose another ``out``. Such
+    cells of methods or seeds outside this run are left out of every output, and named. Every output
+    (``results.json``, ``table.md``, ``report.html``, the returned table) comes from that one set of cells.
+
+    Under ``torchrun`` every process trains its shard of each cell through the fit loop; process 0 alone
+    evaluates and writes ``run.json``, the cells and the outputs while the others wait for it, and every
+    process returns the same :class:`BenchResult`.
+
     Args:
-        task: a registered task name (see :data:`credo.bench.TASKS`).
-        methods: bench method names (see :data:`credo.bench.BENCH_METHODS`).
+        task: a registered task name (see :data:`credo.bench.TASKS`) or a :class:`Task`.
+        methods: bench method names (see :func:`credo.bench.methods.bench_method_names`).
         seeds: a count ``n`` (seeds ``0..n-1``) or the list of seeds.
         out: output directory; rerunning into it skips finished cells and resumes an unfinished one.
         budget: ``"test"``, ``"demo"``, ``"full"`` or another budget of the task.
@@ -87,57 +110,85 @@ def run_benchmark(
     unknown = sorted(set(overrides) - set(methods))
     if unknown:
         raise ValueError(f"overrides given for methods {unknown} that are not being run ({methods})")
+    check_methods(methods, task_obj, budget, overrides)
     out = Path(out)
     store = ResultsStore(out)
     setup = config_to_dict(task_obj.budget(budget))
     for per_cell in ("seed", "checkpoint_dir", "progress"):
         setup["fit"].pop(per_cell)
-    run = store.update_run(
-        {
-            "task": task_obj.name,
-            "budget": budget,
-            "setup": {"budget": setup, "overrides": overrides},
-            "kind": task_obj.kind,
-            "methods": list(methods),
-            "seeds": seed_list,
-            "command": command if command is not None else shlex.join(sys.argv),
-            "description": task_obj.description,
-            "credo_version": __version__,
-            "updated": _now(),
-        }
-    )
-    cells = [(m, s) for m in methods for s in seed_list]
-    pending = [c for c in cells if not store.is_finished(*c)]
-    skipped = [c for c in cells if c not in pending]
+    info = {
+        "task": task_obj.name,
+        "budget": budget,
+        "setup": {"budget": setup, "overrides": overrides},
+        "kind": task_obj.kind,
+        "methods": list(methods),
+        "seeds": seed_list,
+        "command": command if command is not None else shlex.join(sys.argv),
+        "description": task_obj.description,
+        "credo_version": __version__,
+        "updated": _now(),
+    }
+    rank, world = distributed_context()
+    on_first_process(lambda: store.check_run(info), rank, world)  # another run's directory: refused at once
+    data = task_obj.load(budget)
+    grid = [(m, s) for m in methods for s in seed_list]
+    found: list[VerifiedCells] = []  # process 0's cells, kept there (only the plan is shared)
+
+    def plan() -> tuple[dict[str, Any], list[tuple[str, int]]]:
+        expected = {}
+        for name in dict.fromkeys([*methods, *(m for m, _ in store.cell_keys())]):
+            try:
+                expected[name] = cell_fingerprint(task_obj, budget, name, overrides.get(name), data)
+            except ValueError:  # no longer a method of this task: its cells are left out, and named
+                continue
+        cells = store.verified_cells(expected)
+        _refuse_stale(out, [p for p in cells.left_out if p.stale and (p.method, p.seed) in grid])
+        for p in cells.left_out:
+            if (p.method, p.seed) in grid:
+                log.warning("cell %s; recomputing it now", p.describe())
+        finished = {(c.method, c.seed) for c in cells.cells}
+        found.append(cells)
+        run = store.update_run({**info, "fingerprints": expected})
+        return run, [c for c in grid if c not in finished]
+
+    run, pending = on_first_process(plan, rank, world)
+    skipped = [c for c in grid if c not in pending]
     if skipped:
-        log.info("%d of %d cells already finished in %s; skipping them", len(skipped), len(cells), out)
+        log.info("%d of %d cells already finished in %s; skipping them", len(skipped), len(grid), out)
     computed: list[tuple[str, int]] = []
-    data = task_obj.load(budget) if pending else None
+    new_cells: list[Cell] = []
     bar = tqdm(
-        total=len(cells),
+        total=len(grid),
         initial=len(skipped),
         desc=f"bench {task_obj.name}",
-        disable=None if progress else True,
+        disable=None if progress and rank == 0 else True,
     )
     try:
         for method_name, seed in pending:
             bar.set_postfix_str(f"{method_name} seed {seed}")
-            cell = run_cell(
+            method, timing = train_cell(
                 task_obj, budget, method_name, seed, data, store, overrides.get(method_name), progress
             )
-            store.write_cell(cell)
-            store.remove_checkpoint(method_name, seed)
+
+            def finish(method=method, timing=timing, method_name=method_name, seed=seed) -> None:
+                fingerprint = run["fingerprints"][method_name]
+                cell = evaluate_cell(task_obj, budget, method_name, seed, method, data, timing, fingerprint)
+                store.write_cell(cell)
+                store.remove_checkpoint(method_name, seed)
+                new_cells.append(cell)
+                headline = "test/accuracy" if task_obj.kind == "classification" else "test/rmse"
+                log.info(
+                    "%s seed %d: %s %.4f, trained in %.1f s",
+                    method_name,
+                    seed,
+                    headline,
+                    cell.metrics[headline],
+                    cell.metrics["time/train_s"],
+                )
+
+            on_first_process(finish, rank, world)
             computed.append((method_name, seed))
             bar.update()
-            headline = "test/accuracy" if task_obj.kind == "classification" else "test/rmse"
-            log.info(
-                "%s seed %d: %s %.4f, trained in %.1f s",
-                method_name,
-                seed,
-                headline,
-                cell.metrics[headline],
-                cell.metrics["time/train_s"],
-            )
     except KeyboardInterrupt:
         log.warning(
             "interrupted: %d cells finished and saved in %s; rerun the same command to resume",
@@ -147,15 +198,116 @@ def run_benchmark(
         raise
     finally:
         bar.close()
-    table = aggregate(store.finished_cells(arrays=False), method_order=run["methods"])
-    write_results_json(table, out / "results.json", run)
-    report_path = None
-    if report:
-        from credo.bench.report import write_report
 
-        report_path = write_report(out)
-    log.info("benchmark table (%s, budget %s):\n%s", task_obj.name, budget, to_markdown(table))
-    return BenchResult(out, table, computed, skipped, report_path)
+    def outputs() -> tuple[ResultsTable, Path | None, list[LeftOut]]:
+        from credo.bench.report import write_outputs
+
+        redone = set(computed)
+        left_out = [p for p in found[0].left_out if (p.method, p.seed) not in redone]
+        for p in left_out:
+            log.warning(
+                "leaving cell %s out of every output; rerun it to recompute it, or delete %s",
+                p.describe(),
+                p.path,
+            )
+        cells = sorted([*found[0].cells, *new_cells], key=lambda c: (c.method, c.seed))
+        table, report_path = write_outputs(out, run, cells, left_out, report=report)
+        log.info("benchmark table (%s, budget %s):\n%s", task_obj.name, budget, to_markdown(table))
+        return table, report_path, left_out
+
+    table, report_path, left_out = on_first_process(outputs, rank, world)
+    return BenchResult(out, table, computed, skipped, report_path, left_out)
+
+
+def _refuse_stale(out: Path, stale: list[LeftOut]) -> None:
+    """Raise :class:`MixedResultsError` naming every finished cell of this run that has another configuration."""
+    if not stale:
+        return
+    lines = "; ".join(p.describe() for p in stale)
+    dirs = " ".join(sorted({str(out / "cells" / p.method) for p in stale}))
+    raise MixedResultsError(
+        f"{len(stale)} finished cell(s) in {out} were computed from another configuration than this run's, and "
+        f"results of different configurations are never mixed: {lines}. To recompute them, delete {dirs} "
+        f"(or choose another output directory)"
+    )
+
+
+def on_first_process(fn: Callable[[], T], rank: int, world: int) -> T:
+    """Run ``fn`` on process 0 only and hand its result, or the exception it raised, to every process.
+
+    Alone (``world == 1``) this is ``fn()``. Under ``torch.distributed`` the other processes wait in the
+    broadcast, so it is also the barrier after process 0's writes; an error on process 0 is raised by every
+    process instead of leaving them waiting. The result is pickled to the others: keep it small.
+    """
+    outcome: tuple[bool, Any] | None = None
+    if rank == 0:
+        try:
+            outcome = (True, fn())
+        except BaseException as err:  # KeyboardInterrupt too: every process stops alike
+            if world == 1:
+                raise
+            outcome = (False, err)
+    if world > 1:
+        box = [outcome]
+        dist.broadcast_object_list(box, src=0)
+        outcome = box[0]
+    ok, value = outcome
+    if not ok:
+        raise value
+    return value
+
+
+def train_cell(
+    task: Task | str,
+    budget: str,
+    method_name: str,
+    seed: int,
+    data: TaskData,
+    store: ResultsStore,
+    overrides: dict[str, Any] | None = None,
+    progress: bool = False,
+) -> tuple[UncertaintyMethod, dict[str, Any]]:
+    """Train one method with one seed, resuming from its checkpoint if there is one; returns it and its timing."""
+    task_obj = get_task(task)
+    ckpt_dir = store.checkpoint_dir(method_name, seed)
+    resumed = ckpt_dir.exists() and any(ckpt_dir.rglob("checkpoint*"))
+    method = build_method(method_name, task_obj, budget, seed, ckpt_dir, overrides, progress=progress)
+    fit_seed = method.config.fit.seed
+    train_loader = data.train.loader(
+        batch_size=task_obj.budget(budget).batch_size, shuffle=True, seed=fit_seed
+    )
+    val_loader = data.val.loader(batch_size=PREDICT_BATCH)
+    start = time.perf_counter()
+    method.fit(train_loader, val_loader)
+    return method, {"train_s": time.perf_counter() - start, "resumed": resumed}
+
+
+def evaluate_cell(
+    task: Task | str,
+    budget: str,
+    method_name: str,
+    seed: int,
+    method: UncertaintyMethod,
+    data: TaskData,
+    timing: dict[str, Any],
+    fingerprint: dict[str, Any],
+) -> Cell:
+    """Score a trained method (:func:`evaluate` or :func:`~credo.bench.regression.evaluate_regression`) into a cell."""
+    task_obj = get_task(task)
+    torch.manual_seed(method.config.fit.seed)  # stochastic predictions (MC dropout) are reproducible per cell
+    metrics, arrays, predict_s = (evaluate_regression if task_obj.kind == "regression" else evaluate)(
+        method, data
+    )
+    n_test = len(data.test)
+    metrics["time/train_s"] = timing["train_s"]
+    metrics["time/predict_s"] = predict_s
+    metrics["time/predict_per_1000_s"] = predict_s / n_test * 1000
+    timing = {**timing, "predict_test_s": predict_s, "n_test": n_test}
+    config = config_to_dict(method.config)
+    config["fit"].pop("progress", None)
+    return Cell(
+        method_name, seed, metrics, config, timing, arrays, task_obj.name, budget, _now(), fingerprint
+    )
 
 
 def run_cell(
@@ -169,30 +321,9 @@ def run_cell(
     progress: bool = False,
 ) -> Cell:
     """Train one method with one seed (resuming from its checkpoint if there is one) and evaluate it."""
-    task_obj = get_task(task)
-    ckpt_dir = store.checkpoint_dir(method_name, seed)
-    resumed = ckpt_dir.exists() and any(ckpt_dir.rglob("checkpoint.pt"))
-    method = build_method(method_name, task_obj, budget, seed, ckpt_dir, overrides, progress=progress)
-    fit_seed = method.config.fit.seed
-    train_loader = data.train.loader(
-        batch_size=task_obj.budget(budget).batch_size, shuffle=True, seed=fit_seed
-    )
-    val_loader = data.val.loader(batch_size=PREDICT_BATCH)
-    start = time.perf_counter()
-    method.fit(train_loader, val_loader)
-    train_s = time.perf_counter() - start
-    torch.manual_seed(fit_seed)  # stochastic predictions (MC dropout) are reproducible per cell
-    metrics, arrays, predict_s = (evaluate_regression if task_obj.kind == "regression" else evaluate)(
-        method, data
-    )
-    n_test = len(data.test)
-    metrics["time/train_s"] = train_s
-    metrics["time/predict_s"] = predict_s
-    metrics["time/predict_per_1000_s"] = predict_s / n_test * 1000
-    timing = {"train_s": train_s, "predict_test_s": predict_s, "n_test": n_test, "resumed": resumed}
-    config = config_to_dict(method.config)
-    config["fit"].pop("progress", None)
-    return Cell(method_name, seed, metrics, config, timing, arrays, task_obj.name, budget, _now())
+    method, timing = train_cell(task, budget, method_name, seed, data, store, overrides, progress)
+    fingerprint = cell_fingerprint(task, budget, method_name, overrides, data)
+    return evaluate_cell(task, budget, method_name, seed, method, data, timing, fingerprint)
 
 
 def _predict(method: UncertaintyMethod, ds) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

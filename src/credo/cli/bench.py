@@ -7,16 +7,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from credo.bench.methods import bench_method_names
+from credo.bench.tasks import TASKS
+
 
 @dataclass
 class BenchCommand:
     """Run methods x seeds on a task, store every finished cell, then write a table and report.html."""
 
     task: str = "fashion-mnist"
-    """Task name (fashion-mnist, breast-cancer; regression: virtual-diagnostic, diabetes, auto-mpg)."""
+    """Task name (every task is listed above)."""
     methods: tuple[str, ...] = ()
-    """Comma-separated method names; empty: softmax,mc_dropout,ensemble for a classification task,
-    ensemble,quantile,mc_dropout,mfvi,cqr for a regression task."""
+    """Comma-separated method names, of the task's kind (listed above); empty: softmax,mc_dropout,ensemble for
+    a classification task, ensemble,quantile,mc_dropout,mfvi,cqr for a regression task."""
     seeds: int = 3
     """Number of seeds (0..N-1) per method."""
     out: str = "runs/bench"
@@ -25,9 +28,23 @@ class BenchCommand:
     """Training budget: full (the benchmark's), demo (minutes) or test (seconds)."""
 
 
+def _choices() -> str:
+    """The tasks and the methods of each task kind, read from the registries."""
+    kinds = ("classification", "regression")
+    tasks = "; ".join(
+        f"{kind}: {', '.join(sorted(n for n, t in TASKS.items() if t.kind == kind))}" for kind in kinds
+    )
+    methods = "; ".join(f"{kind} tasks: {', '.join(bench_method_names(kind))}" for kind in kinds)
+    return f" Tasks ({tasks}). Methods ({methods})."
+
+
+BenchCommand.__doc__ = (BenchCommand.__doc__ or "") + _choices()
+
+
 @dataclass
 class ReportCommand:
-    """Rebuild table.md and report.html from the finished cells of a bench directory."""
+    """Rebuild results.json, table.md and report.html from the verified cells of a bench directory; cells
+    left out (damaged, or of another configuration than run.json records) are named with the reason."""
 
     out: str = "runs/bench"
     """The bench output directory."""
@@ -67,10 +84,18 @@ def run_bench(cmd: BenchCommand) -> Path:
     command = "credo " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("credo") else None
     methods = list(cmd.methods) or list(DEFAULT_METHODS[get_task(cmd.task).kind])
     result = run_benchmark(cmd.task, methods, cmd.seeds, Path(cmd.out), budget=cmd.budget, command=command)
-    headline = [m for m in HEADLINE if m in result.table.metrics]
-    sys.stdout.write(to_markdown(result.table, headline) + "\n")
-    sys.stdout.write(f"\nall metrics: {Path(cmd.out) / 'table.md'}\nreport: {result.report}\n")
+    if _first_process():
+        headline = [m for m in HEADLINE if m in result.table.metrics]
+        sys.stdout.write(to_markdown(result.table, headline) + "\n")
+        sys.stdout.write(f"\nall metrics: {Path(cmd.out) / 'table.md'}\nreport: {result.report}\n")
     return result.report
+
+
+def _first_process() -> bool:
+    """False on every process but the first of a ``torchrun`` job (which alone prints the table)."""
+    import torch.distributed as dist
+
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 
 
 def run_report(cmd: ReportCommand) -> Path:
