@@ -162,7 +162,12 @@ def write_report(out: str | Path) -> Path:
     run = store.read_run()
     found = store.verified_cells(run.get("fingerprints", {}))
     for p in found.left_out:
-        log.warning("leaving out of the report: cell %s", p.describe())
+        fix = (
+            "delete it or restore the run's configuration"
+            if p.stale
+            else "a rerun of the benchmark recomputes it"
+        )
+        log.warning("leaving out of the report: cell %s (%s)", p.describe(), fix)
     if not found.cells:
         why = "; ".join(p.describe() for p in found.left_out) or "there are none"
         raise CredoError(f"{out} has no finished cells to report on ({why}); run the benchmark first")
