@@ -159,3 +159,20 @@ def test_main_ends_a_process_group_it_ran_in(monkeypatch, tmp_path):
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+def test_main_ends_a_process_group_after_an_expected_failure(monkeypatch, capsys, tmp_path):
+    import credo.cli
+
+    commands = credo.cli._commands()
+    cls, _, positional = commands[("report",)]
+    fail = _raise(CorruptFileError("runs/x/cells/a.json is corrupted; rerun"))
+    monkeypatch.setattr(credo.cli, "_commands", lambda: {**commands, ("report",): (cls, fail, positional)})
+    store = dist.FileStore(str(tmp_path / "store"), 1)
+    dist.init_process_group("gloo", store=store, rank=0, world_size=1)
+    try:
+        assert main(["report", str(tmp_path)]) == 2
+        assert not dist.is_initialized()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()

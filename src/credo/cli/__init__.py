@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import os
 import sys
 from collections.abc import Callable
 from types import UnionType
@@ -146,6 +147,21 @@ def end_process_group() -> None:
         leave_process_group(exit_process=dist.get_world_size() > 1)
 
 
+def abandon_process_group(code: int) -> None:
+    """After an expected failure under ``torchrun``: no barrier (another rank may not have failed the same way),
+    so a group of several processes exits at once with ``code``, skipping the teardown where gloo can abort;
+    a group of one is destroyed."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    if dist.get_world_size() > 1:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    dist.destroy_process_group()
+
+
 def main(argv: list[str] | None = None) -> int:
     commands = _commands()
     args = build_parser(commands).parse_args(argv)
@@ -166,6 +182,7 @@ def main(argv: list[str] | None = None) -> int:
         if message is None:
             raise
         sys.stderr.write(f"credo: error: {' '.join(message.split())}\n")
+        abandon_process_group(2)
         return 2
     return 0
 
