@@ -1,12 +1,14 @@
-"""Under torchrun: the loss turns NaN on rank 1 only, in the second epoch. Every rank writes what it raised
-(and how long one divergence check, a one-element all-reduce, takes) to ``<out>/rank<r>.txt``; the test
-checks that they all stopped at the same step instead of waiting for each other."""
+"""Under torchrun: one normal epoch (each rank records its batch losses and the mean the loop reports), then
+a run whose loss turns NaN on rank 1 only, in its second epoch. Every rank writes its losses, what it raised
+and how long one divergence check (a one-element all-reduce) takes to ``<out>/rank<r>.txt``; the test checks
+the reported mean and that all ranks stopped at the same step instead of waiting for each other."""
 
 from __future__ import annotations
 
 import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -32,8 +34,18 @@ def main(out: str) -> None:
         backbone=BackboneConfig(name="mlp", in_shape=(8,), num_outputs=2, hidden=(16,)),
         fit=FitConfig(epochs=3, lr=1e-2, progress=False, checkpoint_dir=str(out_dir / "ckpt")),
     )
-    steps = {"n": 0}
     original = Softmax.training_loss
+    losses: list[float] = []
+
+    def record(self, xb, yb):
+        loss = original(self, xb, yb)
+        losses.append(float(loss))
+        return loss
+
+    Softmax.training_loss = record  # first an epoch that trains normally: its reported mean loss
+    finite = Softmax(replace(method.config, fit=replace(method.config.fit, epochs=1, checkpoint_dir=None)))
+    finite.fit(ArrayDataset(x, y).loader(batch_size=64, shuffle=True, seed=3))
+    steps = {"n": 0}
 
     def nan_on_rank_1(self, xb, yb):
         loss = original(self, xb, yb)
@@ -53,7 +65,11 @@ def main(out: str) -> None:
         watch.record(i, loss)
         watch.first_bad_step()
     check_s = (time.perf_counter() - start) / 200
-    (out_dir / f"rank{rank}.txt").write_text(json.dumps({"raised": raised, "check_s": check_s}))
+    (out_dir / f"rank{rank}.txt").write_text(
+        json.dumps(
+            {"raised": raised, "check_s": check_s, "losses": losses, "train_loss": finite.history.train_loss}
+        )
+    )
     leave_process_group(exit_process=True)
 
 

@@ -210,8 +210,8 @@ def test_validation_accuracy_counts_every_example_of_an_uneven_loader():
 
 def test_a_nan_on_one_process_stops_every_process_at_the_same_step(tmp_path):
     """Two gloo processes; the loss is NaN on rank 1 only, at step 9 of the run (epoch 2, step 3 of 6). Both
-    raise the same error at once (neither waits for the other in an all-reduce) and the checkpoint of epoch 1
-    stays."""
+    raise the same error (neither waits for the other in an all-reduce) and the checkpoint of epoch 1 stays.
+    Before that, a normal epoch reports the mean loss over both processes."""
     worker = Path(__file__).with_name("ddp_diverge_worker.py")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
@@ -230,6 +230,10 @@ def test_a_nan_on_one_process_stops_every_process_at_the_same_step(tmp_path):
     )
     assert f"(epoch 1) is kept at {tmp_path / 'ckpt'}" in ranks[0]["raised"]
     assert Checkpoint(tmp_path / "ckpt").load()["epoch"] == 1
+    every_loss = ranks[0]["losses"] + ranks[1]["losses"]  # the normal epoch: 6 steps on each rank
+    assert len(every_loss) == 12
+    for r in ranks:  # the mean over both processes, the same on each
+        assert r["train_loss"] == pytest.approx([sum(every_loss) / 12], rel=1e-6)
     logging.getLogger(__name__).info(
         "one divergence check under 2 gloo processes: %.0f us", 1e6 * ranks[0]["check_s"]
     )

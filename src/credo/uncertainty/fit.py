@@ -243,13 +243,15 @@ def nonfinite_tensors(model: torch.nn.Module) -> list[str]:
     ]
 
 
-def turned_nonfinite(model: torch.nn.Module, before: list[str], world_size: int) -> str | None:
+def turned_nonfinite(
+    model: torch.nn.Module, before: list[str], world_size: int, device: torch.device
+) -> str | None:
     """The first tensor of ``model`` that holds NaN or infinity now but did not when training began (some
     buffers are infinite by design, e.g. GPyTorch's constraint bounds), agreed by every process; or None.
     Checked before every checkpoint, so none is ever written with weights that diverged."""
     bad = next((name for name in nonfinite_tensors(model) if name not in before), None)
     if world_size > 1:
-        flag = torch.tensor(0.0 if bad is None else 1.0)
+        flag = torch.tensor(0.0 if bad is None else 1.0, device=device)  # NCCL reduces device tensors only
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         if bad is None and flag > 0:
             bad = "a tensor on another process"
@@ -361,10 +363,10 @@ def fit_loop(method: UncertaintyMethod, train_loader, val_loader, cfg: FitConfig
         stop_if_diverged(watch, epoch)
         if world > 1:
             sync_module_buffers(model, world)
-            total_steps = torch.tensor([float(total), float(steps)])
+            total_steps = torch.stack([total, torch.tensor(float(steps), device=device)])
             dist.all_reduce(total_steps)
             total, steps = total_steps[0], int(total_steps[1])
-        bad = turned_nonfinite(model, nonfinite_at_start, world)
+        bad = turned_nonfinite(model, nonfinite_at_start, world, device)
         if bad is not None:
             what = f"{bad} became NaN or infinite while every loss stayed finite"
             raise diverged_error(method, cfg, ckpt, epoch, what, scheduler.get_last_lr()[0])
