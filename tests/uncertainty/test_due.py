@@ -15,6 +15,7 @@ from sklearn.cluster import KMeans
 from sklearn.datasets import load_digits, make_moons
 
 from credo.data.base import ArrayDataset
+from credo.errors import TrainingDivergedError
 from credo.nn import BackboneConfig
 from credo.uncertainty import DUE, FitConfig, UncertaintyMethod
 from credo.uncertainty.due import KMEANS_N_INIT, DUEConfig
@@ -241,7 +242,7 @@ def test_bad_input_gets_a_clear_error(tmp_path):
         return output * float("nan") if calls["n"] > 4 + 2 else output  # 4 batches per epoch
 
     due.model.feature_extractor.register_forward_hook(diverge)
-    with pytest.raises(FloatingPointError, match=r"training step 6 \(epoch 2, batch 2.*learning rate"):
+    with pytest.raises(TrainingDivergedError, match=r"training step 6 \(epoch 2, batch 2.*learning rate"):
         due.fit(ArrayDataset(X3, Y3).loader(60))
     assert Checkpoint(tmp_path).load()["epoch"] == 1
 

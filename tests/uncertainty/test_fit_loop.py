@@ -237,3 +237,18 @@ def test_a_nan_on_one_process_stops_every_process_at_the_same_step(tmp_path):
     logging.getLogger(__name__).info(
         "one divergence check under 2 gloo processes: %.0f us", 1e6 * ranks[0]["check_s"]
     )
+
+
+def test_a_diverging_ensemble_member_is_named(monkeypatch):
+    original = Softmax.training_loss
+    calls = {"n": 0}
+
+    def second_member_diverges(self, x, y):
+        calls["n"] += 1
+        loss = original(self, x, y)
+        return loss * float("nan") if calls["n"] > 7 else loss  # member 0 trains its 7 steps, member 1 fails
+
+    monkeypatch.setattr(Softmax, "training_loss", second_member_diverges)
+    ens = DeepEnsemble(backbone=BB, fit=FitConfig(epochs=1, progress=False), num_members=3)
+    with pytest.raises(TrainingDivergedError, match=r"^ensemble member 1 of 3: softmax: training diverged"):
+        ens.fit(DATA.loader(32))

@@ -13,6 +13,7 @@ import torch
 from sklearn.datasets import make_moons
 
 from credo.data.base import ArrayDataset
+from credo.errors import TrainingDivergedError
 from credo.nn import BackboneConfig
 from credo.uncertainty import SNGP, FitConfig, SNGPConfig, UncertaintyMethod
 from credo.uncertainty.fit import Checkpoint
@@ -200,7 +201,7 @@ def test_bad_input_gets_a_clear_error(tmp_path):
         return output * float("inf") if calls["n"] > 4 + 1 else output  # 4 batches per epoch
 
     sngp.model.feature_extractor.register_forward_hook(diverge)
-    with pytest.raises(FloatingPointError, match=r"training step 5 \(epoch 2, batch 1.*learning rate"):
+    with pytest.raises(TrainingDivergedError, match=r"training step 5 \(epoch 2, batch 1.*learning rate"):
         sngp.fit(ArrayDataset(X, Y).loader(60))
     assert Checkpoint(tmp_path).load()["epoch"] == 1
 

@@ -36,6 +36,7 @@ from gpytorch.likelihoods import GaussianLikelihood, SoftmaxLikelihood
 from gpytorch.mlls import VariationalELBO
 from torch import Tensor, nn
 
+from credo.errors import TrainingDivergedError
 from credo.nn import BackboneConfig
 from credo.uncertainty.base import (
     MethodConfig,
@@ -162,8 +163,9 @@ class DUE(UncertaintyMethod):
         extractor = copy.deepcopy(self.model.feature_extractor).train()
         features = torch.cat([extractor(chunk) for chunk in x.split(INIT_CHUNK)]).float()
         if not bool(features.isfinite().all()):
-            raise FloatingPointError(
-                "DUE: the untrained extractor gives NaN or infinite features; check the inputs"
+            raise ValueError(
+                "DUE: the untrained extractor gives NaN or infinite features on finite training inputs; check "
+                "the scale of the inputs (standardise them) and the backbone config"
             )
         kmeans = KMeans(n_clusters=m, n_init=KMEANS_N_INIT, random_state=self.config.fit.seed)
         centres = kmeans.fit(features.cpu().numpy()).cluster_centers_
@@ -202,7 +204,7 @@ class DUE(UncertaintyMethod):
             y = y.reshape(len(y)).float()
         loss = -self._elbo(self.model.gp(features), y)
         if not bool(loss.isfinite()):
-            raise FloatingPointError(
+            raise TrainingDivergedError(
                 f"DUE: training step {self._step} gave a non-finite ELBO from finite features; the GP "
                 f"hyperparameters diverged. Lower fit.lr (now {self.config.fit.lr:g})"
             )

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from credo.config import config_from_dict, config_to_dict
+from credo.errors import TrainingDivergedError
 from credo.uncertainty.base import (
     METHODS,
     MethodConfig,
@@ -120,8 +121,11 @@ class DeepEnsemble(UncertaintyMethod):
     def fit(self, train_loader, val_loader=None) -> Self:
         """Train each member in turn with the shared loop; history holds the members' histories in order."""
         self.member_histories: list[FitHistory] = []
-        for member in self.members:
-            member.fit(member_loader(train_loader, member.config.fit.seed), val_loader)
+        for i, member in enumerate(self.members):
+            try:
+                member.fit(member_loader(train_loader, member.config.fit.seed), val_loader)
+            except TrainingDivergedError as err:  # say which member of which method diverged
+                raise TrainingDivergedError(f"{self.name} member {i} of {len(self.members)}: {err}") from err
             self.member_histories.append(member.history)
         self.history = self.member_histories[-1]
         return self

@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from credo.errors import TrainingDivergedError
 from credo.nn import BackboneConfig, build_backbone
 from credo.uncertainty.base import UncertaintyMethod
 
@@ -69,7 +70,7 @@ def check_features(method: UncertaintyMethod, features: Tensor, step: int, steps
         )
     else:
         cause = f"the spectral normalisation coefficient ({cfg.backbone.spectral_coeff:g}) lets"
-    raise FloatingPointError(
+    raise TrainingDivergedError(
         f"{method.name}: training step {step} (epoch {epoch + 1}, batch {batch} of this fit call) turned finite "
         f"inputs into NaN or infinite features: the feature extractor diverged. Likely causes: a learning rate "
         f"too high for this network (fit.lr={cfg.fit.lr:g}), or {cause} the growth of its features. Lower "
