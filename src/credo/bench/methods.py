@@ -226,7 +226,11 @@ def check_methods(
         try:
             method = build_method(name, task, budget, seed=0, overrides=overrides.get(name))
         except ValueError as err:
-            problems.append(f"{name!r} ({' '.join(str(err).split())})")
+            text = " ".join(str(err).split())
+            # the valid names are listed once, below
+            problems.append(
+                f"{name!r} (unknown method)" if text.startswith("unknown method") else f"{name!r} ({text})"
+            )
             continue
         if is_classifier(method) != (task.kind == "classification"):
             problems.append(f"{name!r} (it is not a {task.kind} method)")
