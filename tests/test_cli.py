@@ -57,17 +57,3 @@ def test_bench_runs_end_to_end_and_resumes(tmp_path, capsys):
 def test_unknown_task_is_a_clear_error(tmp_path, capsys):
     assert main(["bench", "no-such-task", "--out", str(tmp_path)]) == 2
     assert "unknown task 'no-such-task'" in capsys.readouterr().err
-
-
-def test_demo_runs_its_methods_on_fashion_mnist(tmp_path, monkeypatch, capsys):
-    """The demo hands its method list to the bench on the demo budget (the bench itself is tested above)."""
-    import credo.cli.demo as cli
-
-    seen = []
-    monkeypatch.setattr(cli, "run_bench", lambda cmd: seen.append(cmd) or tmp_path / "report.html")
-    assert main(["demo", "--methods", "softmax,duq", "--no-sae", "--out", str(tmp_path)]) == 0
-    assert seen == [BenchCommand("fashion-mnist", ("softmax", "duq"), 1, str(tmp_path), "demo")]
-    assert "softmax, duq on Fashion-MNIST" in capsys.readouterr().out
-    seen.clear()
-    assert main(["demo", "--no-sae", "--out", str(tmp_path)]) == 0
-    assert {"duq", "due", "sngp", "ensemble"} <= set(seen[0].methods)

@@ -206,7 +206,7 @@ def test_results_of_another_setup_are_not_mixed(blob_task, tmp_path):
 def test_build_method_layers_task_budget_method_and_overrides(tmp_path):
     mc = build_method("mc_dropout", "fashion-mnist", "demo", seed=2, checkpoint_dir=tmp_path)
     assert mc.config.num_samples == 8 and mc.config.backbone.dropout == 0.1
-    assert mc.config.backbone.name == "fashion_cnn" and mc.config.fit.epochs == 2 and mc.config.fit.lr == 2e-3
+    assert mc.config.backbone.name == "fashion_cnn" and mc.config.fit.epochs == 3 and mc.config.fit.lr == 2e-3
     assert mc.config.fit.seed == 2 * SEED_STRIDE and mc.config.fit.checkpoint_dir == str(tmp_path)
     assert build_method("mc_dropout", "fashion-mnist", "full", seed=0).config.num_samples == 16
     ens = build_method("ensemble", "breast-cancer", "full", seed=0, overrides={"fit": {"epochs": 7}})

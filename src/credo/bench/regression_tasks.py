@@ -68,7 +68,12 @@ def virtual_diagnostic_task(output: Literal["profile", "lps"] = "profile") -> Ta
         ),
         budgets={
             "test": Budget(FitConfig(epochs=1, **adam), batch_size=64, train_size=256, eval_size=128),
-            "demo": Budget(FitConfig(epochs=20, **adam), batch_size=128, train_size=4000, eval_size=1000),
+            # credo demo: every training shot in batches of 512 (4x fewer steps per epoch), 40 epochs
+            "demo": Budget(
+                FitConfig(epochs=40, optimizer="adam", lr=3e-3, schedule="cosine"),
+                batch_size=512,
+                eval_size=1000,
+            ),
             "full": Budget(FitConfig(epochs=100, **adam), batch_size=128),
         },
         kind="regression",

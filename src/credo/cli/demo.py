@@ -1,67 +1,118 @@
-"""``credo demo``: the tour on real offline data."""
+"""``credo demo``: the tour on real offline data, one part per system, each timed, then one index page."""
 
 from __future__ import annotations
 
+import shlex
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
-from credo.cli.bench import BenchCommand, run_bench
-
-DEMO_METHODS = ("softmax", "mc_dropout", "ensemble", "duq", "due", "sngp")
+from credo.demo.parts import (
+    NOT_AT_DEMO_BUDGET,
+    PARTS,
+    REFERRAL_METHODS,
+    REGRESSION_METHODS,
+    UNCERTAINTY_METHODS,
+    PartResult,
+)
 
 
 @dataclass
 class DemoCommand:
-    """The tour on real offline data: softmax, MC dropout, a 5-member ensemble and the single-pass methods DUQ,
-    DUE and SNGP on Fashion-MNIST vs MNIST, then a short sparse-autoencoder run on SmolLM2."""
+    """The tour on real offline data, a minute or two per part on 2 CPU cores: uncertainty on Fashion-MNIST vs
+    MNIST (softmax and SNGP), a JumpReLU sparse autoencoder on SmolLM2, regression intervals on the
+    virtual-diagnostic simulator, and the BDL baselines' referral on breast cancer; then OUT/index.html."""
 
     out: str = "runs/demo"
-    """Output directory for cells, table.md and report.html."""
-    methods: tuple[str, ...] = DEMO_METHODS
-    """Comma-separated methods of the Fashion-MNIST part (any of credo bench's)."""
-    seeds: int = 1
-    """Seeds per method."""
-    sae: bool = True
-    """Also run the short sparse-autoencoder part (SmolLM2 layer 6 on the KJV text, about a minute)."""
+    """Output directory: one folder per part and index.html linking their reports."""
+    parts: tuple[str, ...] = tuple(PARTS)
+    """Comma-separated parts to run, in this order: uncertainty, sae, regression, referral."""
+    methods: tuple[str, ...] = UNCERTAINTY_METHODS
+    """Methods of the uncertainty part (any of credo bench's classification methods: add duq, ensemble, ...)."""
+    regression_methods: tuple[str, ...] = REGRESSION_METHODS
+    """Methods of the regression part (any of credo bench's regression methods)."""
+    referral_methods: tuple[str, ...] = REFERRAL_METHODS
+    """Methods of the referral part (any of credo bench's classification methods)."""
+    budget: Literal["demo", "test"] = "demo"
+    """demo (about a minute per part) or test (seconds; numbers mean nothing, for checking the plumbing)."""
+    sae_model: str = "smollm2"
+    """Model of the sparse-autoencoder part: smollm2, or a local Hugging Face causal LM directory."""
+    sae_corpus: str = "kjv"
+    """Text of the sparse-autoencoder part: kjv, python-docs, a .txt file or a directory."""
+    sae_layer: int = 6
+    """Layer whose residual stream the SAE reads."""
+
+    def __post_init__(self) -> None:
+        self.parts = tuple(self.parts)
+        unknown = [p for p in self.parts if p not in PARTS]
+        if unknown or not self.parts:
+            raise ValueError(f"--parts {','.join(self.parts)}: choose from {','.join(PARTS)}")
+        for flag in ("methods", "regression_methods", "referral_methods"):
+            if not getattr(self, flag):
+                raise ValueError(f"--{flag.replace('_', '-')} is empty; name at least one method")
+
+
+def check_methods(cmd: DemoCommand) -> None:
+    """Every method name of every part asked for, checked before any part starts."""
+    from credo.bench.methods import bench_method
+
+    kinds = {"uncertainty": "classification", "regression": "regression", "referral": "classification"}
+    names = {
+        "uncertainty": cmd.methods,
+        "regression": cmd.regression_methods,
+        "referral": cmd.referral_methods,
+    }
+    for part, kind in kinds.items():
+        if part in cmd.parts:
+            for name in names[part]:
+                bench_method(name, kind)
+
+
+def _print(text: str) -> None:
+    sys.stdout.write(text)
+    sys.stdout.flush()
+
+
+def _table(part: PartResult) -> str:
+    lines = ["| " + " | ".join(["", *part.columns]) + " |", "|---" + "|---:" * len(part.columns) + "|"]
+    lines += ["| " + " | ".join([label, *values]) + " |" for label, values in part.rows]
+    return "\n".join(lines) + "\n"
 
 
 def run_demo(cmd: DemoCommand) -> Path:
+    from credo.demo.index import write_index
+
+    check_methods(cmd)
+    out = Path(cmd.out)
     start = time.perf_counter()
-    bench = BenchCommand("fashion-mnist", tuple(cmd.methods), cmd.seeds, cmd.out, "demo")
-    sys.stdout.write(
-        f"credo demo: {', '.join(cmd.methods)} on Fashion-MNIST (demo budget: a 20,000-image subset, "
-        "2 epochs), scored against MNIST-5k and upscaled sklearn digits as out-of-distribution sets.\n\n"
-    )
-    report = run_bench(bench)
-    if cmd.sae:
-        run_demo_sae(Path(cmd.out) / "sae")
-    sys.stdout.write(f"done in {time.perf_counter() - start:.0f} s; open {report.resolve()}\n")
-    return report
-
-
-def run_demo_sae(out: Path) -> dict[str, float]:
-    """A small sparse-autoencoder run: harvest SmolLM2's layer-6 residual stream on 50k KJV tokens, train one
-    JumpReLU SAE (4x width, 100k tokens, a raised learning rate for so short a run), evaluate it on held-out
-    text. Far from the Gemma Scope budget: it shows the pipeline, not the method's quality."""
-    from credo.sae.evaluate import SAEEvalConfig, run_eval
-    from credo.sae.harvest import HarvestConfig, run_harvest
-    from credo.sae.train import train_saes
-    from credo.sae.train_config import SAETrainConfig
-
-    sys.stdout.write("\nsparse autoencoder: SmolLM2-135M, blocks.6.hook_resid_post, King James Bible\n")
-    stores = run_harvest(
-        HarvestConfig(model="smollm2", layers=(6,), max_tokens=50_000, out=str(out / "acts"))
-    )
-    train = SAETrainConfig(
-        acts=str(stores["blocks.6.hook_resid_post"]), archs=("jumprelu",), sparsity_coefficients=(0.03,),
-        expansion_factor=4.0, batch_size=1024, total_tokens=100_000, lr=1e-3, out=str(out / "runs"),
-        progress=False,
-    )  # fmt: skip
-    (sae_dir,) = train_saes(train)
-    metrics = run_eval(SAEEvalConfig(sae=str(sae_dir), lm_tokens=2048))
-    keys = ("l0", "fraction_of_variance_unexplained", "delta_lm_loss", "fraction_of_loss_recovered")
-    sys.stdout.write("".join(f"  {k}: {metrics[k]:.4g}\n" for k in keys))
-    sys.stdout.write(f"  SAE: {sae_dir}; eval.json and feature_density.png under {sae_dir / 'eval'}\n")
-    return metrics
+    results: list[PartResult] = []
+    for i, name in enumerate(cmd.parts, 1):
+        _print(f"\n[{i}/{len(cmd.parts)}] {name}\n")
+        if name == "uncertainty":
+            for method in cmd.methods:
+                if cmd.budget == "demo" and method in NOT_AT_DEMO_BUDGET:
+                    _print(f"note: {method}: {NOT_AT_DEMO_BUDGET[method]}\n")
+        part_start = time.perf_counter()
+        if name == "sae":
+            result = PARTS[name](out / name, cmd.budget, cmd.sae_model, cmd.sae_corpus, cmd.sae_layer)
+        else:
+            methods = {"uncertainty": cmd.methods, "regression": cmd.regression_methods}.get(
+                name, cmd.referral_methods
+            )
+            folder = {"uncertainty": "fashion-mnist", "regression": "virtual-diagnostic"}.get(
+                name, "breast-cancer"
+            )
+            result = PARTS[name](out / folder, cmd.budget, methods)
+        result.seconds = time.perf_counter() - part_start
+        results.append(result)
+        _print(f"{result.title}\n\n{_table(result)}\nreport: {result.report}\n")
+        so_far = time.perf_counter() - start
+        _print(f"[{i}/{len(cmd.parts)}] {name}: {result.seconds:.0f} s (demo so far {so_far:.0f} s)\n")
+    total = time.perf_counter() - start
+    command = "credo " + shlex.join(sys.argv[1:]) if sys.argv[0].endswith("credo") else ""
+    index = write_index(out, results, total, command)
+    times = ", ".join(f"{r.name} {r.seconds:.0f} s" for r in results)
+    _print(f"\ndemo done in {total:.0f} s ({times}); open {index.resolve()}\n")
+    return index
