@@ -31,7 +31,7 @@ UNCERTAINTY_OVERRIDES: dict[str, dict[str, Any]] = {
 NOT_AT_DEMO_BUDGET = {
     "due": "DUE's GP output needs about 2,000 steps (5 epochs on 55,000 images) to match the softmax CNN; at "
     "the demo budget it is far below it in accuracy and in AUROC vs MNIST. As benchmarked: credo bench "
-    "fashion-mnist --methods softmax,due --seeds 1 --budget full (about 10 minutes on 2 cores).",
+    "fashion-mnist --methods softmax,due --seeds 1 --budget full (about 11 minutes on 2 cores).",
     "duq": "at the demo budget DUQ already detects MNIST far better than softmax, but its accuracy is still "
     "3-4 points below (it matches softmax at the paper's 30 epochs: 0.921 vs 0.917, BENCHMARKS.md).",
 }

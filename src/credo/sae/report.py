@@ -64,7 +64,7 @@ table { border-collapse: collapse; font-size: 0.9em; }
 th, td { border: 1px solid #ccc; padding: 0.3em 0.6em; text-align: left; vertical-align: top; }
 td.num { text-align: right; white-space: nowrap; } th { background: #f3f3f3; }
 img { max-width: 100%; } .note { color: #555; font-size: 0.9em; }
-.ctx { font-family: ui-monospace, monospace; font-size: 0.85em; white-space: pre-wrap; }
+.ctx { font-family: ui-monospace, monospace; font-size: 0.85em; white-space: pre; }
 .ctx mark { background: #ffd54f; font-weight: bold; }
 """
 
@@ -161,6 +161,11 @@ def _density_figure(counts: Sequence[float], edges: Sequence[float], dead: float
     return fig
 
 
+def _text(text: str) -> str:
+    """Context text for one line of HTML: newlines shown as ⏎."""
+    return html.escape(text.replace("\n", "⏎"))
+
+
 def _format(value: float | None) -> str:
     if value is None or not math.isfinite(value):
         return "–"
@@ -213,8 +218,8 @@ def write_sae_report(
         ]
         for item in contexts:
             examples = "".join(
-                f"<tr><td class='num'>{act:.3g}</td><td class='ctx'>{html.escape(before)}"
-                f"<mark>{html.escape(token)}</mark>{html.escape(after)}</td></tr>"
+                f"<tr><td class='num'>{act:.3g}</td><td class='ctx'>{_text(before)}"
+                f"<mark>{_text(token)}</mark>{_text(after)}</td></tr>"
                 for before, token, after, act in item.examples
             )
             sections.append(
