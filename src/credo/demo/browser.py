@@ -122,6 +122,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("folder", help="folder whose *.html pages are checked (recursively)")
     parser.add_argument("--screenshots", default="", help="write one PNG per page into this folder")
     args = parser.parse_args(argv)
+    if find_chromium() is None:
+        sys.stderr.write("no chromium executable on the PATH; install it (apt-get install chromium)\n")
+        return 2
     pages = sorted(Path(args.folder).rglob("*.html"))
     if not pages:
         sys.stderr.write(f"no *.html under {args.folder}\n")
