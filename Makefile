@@ -24,7 +24,7 @@ export MALLOC_TRIM_THRESHOLD_ := 4294967296
 export MALLOC_TOP_PAD_ := 1073741824
 export MALLOC_MMAP_THRESHOLD_ := 33554432
 
-.PHONY: demo test bench env data lint clean
+.PHONY: demo test bench env data browser lint clean
 
 env: $(STAMP)
 
@@ -55,7 +55,12 @@ demo: env data
 	$(VENV)/bin/credo demo --out $(DEMO_OUT)
 	@echo "make demo: $$(( $$(date +%s) - $(DEMO_START) )) s in all, set-up included"
 
-test: $(DEV_STAMP) data
+# Debian's chromium: the tests render every HTML page the demo writes in a real headless browser
+CHROMIUM := /usr/bin/chromium
+browser:
+	@[ -x $(CHROMIUM) ] || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium; }
+
+test: $(DEV_STAMP) data browser
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/ruff format --check src tests benchmarks
 	$(PY) -m pytest

@@ -171,7 +171,9 @@ def test_every_page_renders_in_chromium(demo_run):
     """Each page in a real browser: no script error, every image decoded, every local link readable. The
     checker itself must flag a broken image, a broken link and a script error on a page made to have them."""
     if find_chromium() is None:
-        pytest.skip("chromium is not installed (apt-get install chromium); the pages were not rendered")
+        pytest.fail(
+            "chromium is not installed, so no page can be rendered: apt-get install chromium (make test does)"
+        )
     out = demo_run["out"]
     pages = sorted(out.rglob("*.html"))
     assert len(pages) == 5
@@ -210,6 +212,7 @@ def test_demo_setup_installs_no_dev_extras():
     demo, test = dry_run("demo"), dry_run("test")
     assert "'.[sae]'" in demo and "[dev]" not in demo and "torch==2.13.0" in demo
     assert "'.[dev]'" in test
+    assert "apt-get install -y -qq chromium" in test  # the browser test never lacks its browser
 
 
 def test_uncertainty_part_passes_each_methods_demo_overrides(monkeypatch, tmp_path, capsys):
