@@ -248,6 +248,8 @@ def run_sae_part(
     layer: int = 6,
 ) -> PartResult:
     """Harvest one layer's residual stream, train one JumpReLU SAE, evaluate it, and write its report."""
+    from transformers.utils import logging as transformers_logging
+
     from credo.sae.corpus import load_corpus, split_windows, tokenize_windows
     from credo.sae.evaluate import SAEEvalConfig, run_eval
     from credo.sae.harvest import HarvestConfig, run_harvest
@@ -256,6 +258,8 @@ def run_sae_part(
     from credo.sae.train import train_saes
     from credo.sae.train_config import SAETrainConfig
 
+    # the demo prints one line per part; transformers' own loading bars (three loads here) would bury them
+    transformers_logging.disable_progress_bar()
     sizes = SAE_BUDGETS[budget]
     site = f"blocks.{layer}.hook_resid_post"
     stores = run_harvest(
