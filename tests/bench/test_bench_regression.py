@@ -6,6 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from bench_fixtures import wave_data
+from bench_fixtures import wave_task as make_wave_task
 from scipy import stats
 
 from credo.bench import (
@@ -23,40 +25,13 @@ from credo.bench import (
     run_benchmark,
     write_report,
 )
-from credo.data import ArrayDataset
 from credo.nn import BackboneConfig
 from credo.uncertainty import DeepEnsemble, FitConfig, MCDropoutRegression, MeanVariance
 
 
-def wave(n: int, seed: int, shift: float = 0.0) -> ArrayDataset:
-    g = torch.Generator().manual_seed(seed)
-    x = torch.rand(n, 1, generator=g) * 2 - 1 + shift
-    y = torch.sin(3 * x[:, 0]) + 0.1 * torch.randn(n, generator=g)
-    return ArrayDataset(x, y, f"wave{seed}")
-
-
-def wave_data() -> TaskData:
-    return TaskData(
-        wave(160, 0),
-        wave(32, 1),
-        wave(64, 2),
-        ood={"far": wave(32, 3, 6.0)},
-        shifted={"right": wave(64, 4, 1.5)},
-    )
-
-
 @pytest.fixture
 def wave_task():
-    task = Task(
-        name="wave",
-        make_data=wave_data,
-        num_classes=0,
-        in_shape=(1,),
-        backbone=BackboneConfig(name="mlp", in_shape=(1,), num_outputs=1, hidden=(16,)),
-        budgets={"test": Budget(FitConfig(epochs=3, lr=1e-2), batch_size=32)},
-        kind="regression",
-        target_shape=(),
-    )
+    task = make_wave_task()
     register_task(task)
     yield task
     TASKS.pop("wave")
