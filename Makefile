@@ -79,6 +79,7 @@ bench: $(DEV_STAMP) data
 	$(PY) benchmarks/regression_quality.py
 	$(PY) benchmarks/liberty_or_depth.py
 	$(PY) benchmarks/bdl_baselines.py
+	$(PY) benchmarks/sngp_variance_ablation.py
 	# hours on 2 cores (DUQ's 30 epochs x 3 seeds is most of it); resumable: rerun after an interruption
 	$(PY) benchmarks/single_pass_quality.py
 
