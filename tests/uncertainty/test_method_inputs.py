@@ -107,6 +107,18 @@ def test_fractional_float_labels_are_refused(name):
         make(name).fit(ArrayDataset(X, y).loader(32))
 
 
+@pytest.mark.parametrize("bad", [3, -1])
+@pytest.mark.parametrize("name", CLASSIFIERS)
+def test_labels_outside_the_classes_are_refused_naming_the_range(name, bad):
+    y = LABELS.clone()
+    y[7] = bad
+    lo, hi = min(bad, int(LABELS.min())), max(bad, int(LABELS.max()))
+    with pytest.raises(
+        ValueError, match=rf"training batch 0 has labels in \[{lo}, {hi}\] but the model has 3"
+    ):
+        make(name).fit(ArrayDataset(X, y).loader(32))
+
+
 @pytest.mark.parametrize("name", CLASSIFIERS)
 def test_one_hot_labels_are_refused_with_the_argmax_fix(name):
     onehot = torch.nn.functional.one_hot(LABELS, 3).float()

@@ -364,7 +364,14 @@ class UncertaintyMethod(ABC):
                 )
         elif y.dtype.is_complex:
             raise ValueError(f"{self.name}: {where} has complex labels; pass integer class indices")
-        return y.to(device=self.device, dtype=torch.long)
+        y = y.to(device=self.device, dtype=torch.long)
+        if len(y) and not (int(y.min()) >= 0 and int(y.max()) < self.num_classes):
+            raise ValueError(
+                f"{self.name}: {where} has labels in [{int(y.min())}, {int(y.max())}] but the model has "
+                f"{self.num_classes} classes (labels must be 0..{self.num_classes - 1}); set "
+                f"backbone.num_outputs or fix the labels"
+            )
+        return y
 
     def prepare_batch(
         self, x: Tensor | np.ndarray, y: Tensor | np.ndarray, batch_index: int

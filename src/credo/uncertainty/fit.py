@@ -106,23 +106,6 @@ def lr_factor(step: int, steps_per_epoch: int, cfg: FitConfig) -> float:
     return warm
 
 
-def check_batch(x: Tensor, y: Tensor, num_classes: int | None, batch_index: int) -> None:
-    """Reject NaN inputs, labels out of range and mismatched lengths with an error that names the batch."""
-    if len(x) != len(y):
-        raise ValueError(f"training batch {batch_index}: {len(x)} inputs but {len(y)} targets")
-    if not torch.isfinite(x).all():
-        raise ValueError(
-            f"training batch {batch_index} has NaN or infinite inputs; clean or impute the data before fitting"
-        )
-    if num_classes is not None and len(y):
-        lo, hi = int(y.min()), int(y.max())
-        if lo < 0 or hi >= num_classes:
-            raise ValueError(
-                f"training batch {batch_index} has labels in [{lo}, {hi}] but the model has {num_classes} "
-                f"classes (labels must be 0..{num_classes - 1}); set backbone.num_outputs or fix the labels"
-            )
-
-
 def _set_epoch(loader, epoch: int) -> None:
     for obj in (loader, getattr(loader, "sampler", None), getattr(loader, "batch_sampler", None)):
         if hasattr(obj, "set_epoch"):
@@ -344,7 +327,6 @@ def fit_loop(method: UncertaintyMethod, train_loader, val_loader, cfg: FitConfig
             mininterval=1.0,
         )
         for i, (x, y) in enumerate(bar):
-            check_batch(x, y, num_classes, i)
             optimizer.zero_grad(set_to_none=True)
             loss = method.training_loss(x, y)
             watch.record(i, loss)
