@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import logging
 import os
 import platform
 import shlex
@@ -13,6 +14,10 @@ from pathlib import Path
 import torch
 
 RESULTS = Path(__file__).parent / "results"
+
+# A benchmark runs for minutes to hours, often with its output sent to a file: credo's INFO lines (each
+# finished epoch, each cell, each resume) are its progress log there, with the time.
+logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
 
 
 def write_result(name: str, result: dict) -> Path:

@@ -253,3 +253,29 @@ def test_rotate_turns_counter_clockwise():
     x[0, 0, 4, 6:] = 1.0  # a bar right of the centre
     turned = rotate(ArrayDataset(x, torch.zeros(1).long()), 90.0).x[0, 0]
     assert torch.equal(turned > 0.5, x[0, 0].T.flip(0) > 0.5)  # now above the centre
+
+
+def test_train_on_val_budget_trains_on_both_splits_and_has_its_own_fingerprint(blob_task, tmp_path):
+    """The DUQ reference's final_model run: train + val as the training set; nothing else moves."""
+    from credo.bench.fingerprint import cell_fingerprint
+
+    blob_task.budgets["all"] = Budget(FitConfig(epochs=2, lr=1e-2), batch_size=32, train_on_val=True)
+    held_out, merged = blob_task.load("test"), blob_task.load("all")
+    assert len(merged.train) == len(held_out.train) + len(held_out.val) == 256
+    assert torch.equal(merged.train.x, torch.cat([held_out.train.x, held_out.val.x]))
+    assert torch.equal(merged.train.y, torch.cat([held_out.train.y, held_out.val.y]))
+    assert torch.equal(merged.test.x, held_out.test.x) and torch.equal(merged.val.x, held_out.val.x)
+    a = cell_fingerprint(blob_task, "test", "softmax", None, held_out)
+    b = cell_fingerprint(blob_task, "all", "softmax", None, merged)
+    assert "train_on_val" not in a["budget"] and b["budget"]["train_on_val"] is True
+    assert b["data"]["train"] == 256 and a["data"]["train"] == 192
+    # a budget with a train_size draws its stratified subset from the merged set
+    blob_task.budgets["all-100"] = Budget(FitConfig(epochs=1), train_size=100, train_on_val=True)
+    sub = blob_task.load("all-100").train
+    assert len(sub) == 100 and any(bool((row == held_out.val.x).all(1).any()) for row in sub.x)
+
+
+def test_fashion_mnist_full_60k_budget_is_all_sixty_thousand_images():
+    task = get_task("fashion-mnist")
+    assert task.budget("full-60k").train_on_val and not task.budget("full").train_on_val
+    assert task.fit_config("full-60k") == task.fit_config("full")

@@ -5,7 +5,7 @@ A cell's fingerprint is a plain JSON dict, stored in the cell's record and, per 
 * ``cell_format``: :data:`credo.bench.store.CELL_FORMAT`, the version of what a cell holds and how its numbers
   are computed (bumped when the evaluation changes: a metric's definition, the referral fractions, the arrays);
 * ``task``: name, kind, number of classes, input and target shapes;
-* ``budget``: its name, the training batch size and the train / eval subset sizes;
+* ``budget``: its name, the training batch size, the train / eval subset sizes, and ``train_on_val`` when set;
 * ``data``: the number of examples in every set the cell is trained or scored on (train, val, test, each
   OOD and each shifted set), as loaded;
 * ``method``: the bench name, the registered method it builds, and its fully resolved config
@@ -67,6 +67,8 @@ def cell_fingerprint(
                 "batch_size": b.batch_size,
                 "train_size": b.train_size,
                 "eval_size": b.eval_size,
+                # only when set, so the fingerprints of budgets that predate the field stay as they were
+                **({"train_on_val": True} if b.train_on_val else {}),
             },
             "data": data_sizes(data),
             "method": {
