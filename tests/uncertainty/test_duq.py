@@ -246,7 +246,8 @@ def test_bench_entries_use_the_paper_schedule_and_the_ablation_drops_the_penalty
     assert method_config_dict("duq-no-gp", "fashion-mnist", "demo")["gradient_penalty"] == 0.0
     assert bench_method("duq-no-gp").method == "duq"
     exact = method_config_dict("duq-exact", "fashion-mnist", "full")
-    assert full["kernel_loss"] == "clamped" and exact["kernel_loss"] == "exact"  # the reference's loss by default
+    # the reference's clamped loss by default, the exact one under its own name
+    assert full["kernel_loss"] == "clamped" and exact["kernel_loss"] == "exact"
     assert DUQ().config.kernel_loss == "clamped"
     assert {k: v for k, v in exact.items() if k != "kernel_loss"} == {
         k: v for k, v in full.items() if k != "kernel_loss"
