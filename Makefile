@@ -37,7 +37,7 @@ $(STAMP): pyproject.toml
 	touch $@
 
 # the test tools and the reference libraries the tests compare against (sae-lens alone is ~950 MB)
-$(DEV_STAMP): $(STAMP)
+$(DEV_STAMP): $(STAMP) pyproject.toml
 	$(PIP) -e '.[dev]'
 	touch $@
 
@@ -77,11 +77,13 @@ bench: $(DEV_STAMP) data
 	$(PY) benchmarks/malloc_tuning.py
 	$(PY) benchmarks/simulator_speed.py
 	$(PY) benchmarks/regression_quality.py
+	$(PY) benchmarks/mean_field_vi_depth.py
 	$(PY) benchmarks/liberty_or_depth.py
 	$(PY) benchmarks/bdl_baselines.py
 	$(PY) benchmarks/sngp_variance_ablation.py
 	# hours on 2 cores (DUQ's 30 epochs x 3 seeds is most of it); resumable: rerun after an interruption
 	$(PY) benchmarks/single_pass_quality.py
+	$(PY) benchmarks/single_pass_quality.py --methods duq --seeds 1 --budget full-60k
 
 clean:
 	rm -rf $(VENV) runs
