@@ -17,6 +17,14 @@ Claims checked (Rajamanoharan et al. 2024, Gated SAEs; Lieberum et al. 2024, Gem
 JumpReLU reach lower FVU and delta LM loss than ReLU at matched L0; Gated needs about half the L0 of ReLU
 for the same FVU; gamma is near 1 for Gated and JumpReLU and below 1 for ReLU (shrinkage).
 
+Dead latents are counted two ways, each under its own name:
+
+* ``dead_in_training_fraction``: latents that did not fire on any of the last ``--dead-window`` training
+  tokens (262,144 by default, the last ~256 batches of ~1,070), as the papers count them during training
+  (the trainer's ``dead_fraction`` at the final step, ``training_log.jsonl``);
+* ``never_fired_on_held_out_fraction``: latents that fired on none of the ~16k held-out evaluation tokens
+  (a latent rarer than one in 16k tokens counts here; this was the table's "dead" column before).
+
 Training checkpoints every 100 steps and resumes when rerun; trained SAEs are reused.
 
     python benchmarks/sae_pareto.py [--out runs/pareto] [--lm-tokens 16384]
@@ -91,6 +99,10 @@ def main() -> None:
     parser.add_argument("--lm-tokens", type=int, default=16384, help="held-out tokens for the LM-loss splice")
     parser.add_argument("--lm-batch-size", type=int, default=8)
     parser.add_argument(
+        "--dead-window", type=int, default=262_144,
+        help="a latent is dead in training if it did not fire on any of the last this-many training tokens",
+    )  # fmt: skip
+    parser.add_argument(
         "--total-tokens",
         type=int,
         default=0,
@@ -119,6 +131,7 @@ def main() -> None:
     cfg = SAETrainConfig(
         acts=str(acts), out=str(saes_dir), saes=specs, expansion_factor=8.0, batch_size=args.batch_size,
         lr=args.lr, total_tokens=args.total_tokens, checkpoint_every=100, log_every=50,
+        dead_after_tokens=args.dead_window,
     )  # fmt: skip
     dirs = train_saes(cfg)
 
@@ -145,7 +158,8 @@ def main() -> None:
                 "l0": m["l0"],
                 "fraction_of_variance_unexplained": m["fraction_of_variance_unexplained"],
                 "gamma": m["relative_reconstruction_bias"],
-                "dead_fraction": m["dead_fraction"],
+                "dead_in_training_fraction": final_training_record(directory)["dead_fraction"],
+                "never_fired_on_held_out_fraction": m["dead_fraction"],
                 "dense_fraction": m["dense_fraction"],
                 "delta_lm_loss": lm.delta_lm_loss,
                 "fraction_of_loss_recovered": lm.fraction_of_loss_recovered,
@@ -156,6 +170,11 @@ def main() -> None:
         import json
 
         earlier = json.loads((RESULTS / "sae_pareto.json").read_text())["saes"]
+        if any("dead_in_training_fraction" not in r for r in earlier):
+            raise SystemExit(
+                "credo: error: results/sae_pareto.json predates the dead-in-training count; "
+                "rerun without --add so every SAE is counted the same way"
+            )
         rows = [r for r in earlier if r["sae"] not in {row["sae"] for row in rows}] + rows
     relu = [r for r in rows if r["arch"] == "relu"]
     # For each Gated / JumpReLU point: the L0 ReLU needs for the same FVU, divided by the point's L0.
@@ -195,6 +214,19 @@ def main() -> None:
             "plot": "benchmarks/results/sae_pareto.png",
         },
     )
+
+
+def final_training_record(sae_dir: str | Path) -> dict:
+    """The last line of an SAE's ``training_log.jsonl``: the trainer's figures at the final step."""
+    import json
+
+    path = Path(sae_dir) / "training_log.jsonl"
+    lines = [line for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+    if not lines:
+        raise SystemExit(
+            f"credo: error: no training log at {path}; delete {Path(sae_dir)} to train that SAE again"
+        )
+    return json.loads(lines[-1])
 
 
 def _complete(acts: Path) -> bool:

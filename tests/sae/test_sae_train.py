@@ -197,6 +197,31 @@ def test_dead_latents_are_counted(tmp_path):
     assert always.last_metrics[0]["dead_fraction"] == 0.0
 
 
+@pytest.mark.parametrize("window_batches", [1, 3, 100])
+def test_dead_fraction_is_latents_silent_over_the_last_window_of_training_tokens(tmp_path, window_batches):
+    """Each log line's dead fraction equals a naive recount from the latents that fired in every batch:
+    dead = fired in none of the last ``dead_after_tokens`` tokens (the whole run so far, if shorter)."""
+    data = list(sparse_data(n=B * 12)[0].split(B))
+    cfg = SAETrainConfig(
+        d_in=D_IN, width=D_SAE, batch_size=B, log_every=2, checkpoint_every=0, progress=False,
+        saes=("relu:0.3",), dead_after_tokens=window_batches * B, out=str(tmp_path / "w"),
+    )  # fmt: skip
+    trainer = SAETrainer(cfg, data)
+    fired: list[torch.Tensor] = []
+    trainer.saes[0].register_forward_hook(
+        lambda m, i, out: fired.append(out.feature_acts.amax(0).detach() > 0)
+    )
+    trainer.run()
+    records = [json.loads(line) for line in (tmp_path / "w" / trainer.names[0] / "training_log.jsonl").open()]
+    assert [r["step"] for r in records] == list(range(2, 13, 2))
+    for r in records:
+        recent = torch.stack(fired[max(0, r["step"] - window_batches) : r["step"]])
+        expected = float((~recent.any(0)).double().mean())
+        assert r["dead_fraction"] == pytest.approx(expected, abs=1e-12)
+    if window_batches < 3:  # short windows see latents silent for a batch: the check is not all-or-nothing
+        assert any(0 < r["dead_fraction"] < 1 for r in records)
+
+
 # -- bad input ----------------------------------------------------------------------------------------------
 def test_nonfinite_batches_are_skipped_or_raise(tmp_path, caplog):
     data = list(sparse_data(n=B * 6)[0].split(B))
