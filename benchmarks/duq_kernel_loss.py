@@ -1,9 +1,10 @@
 """DUQ's loss on the kernel values, exact or clamped: does PyTorch's clamped BCE explain the AUROC gap?
 
-DUQ's ``kernel_loss="exact"`` computes the binary cross-entropy on the kernel values exactly, in the log domain;
-the reference code (and credo's default, ``"clamped"``) uses ``F.binary_cross_entropy``, whose gradient vanishes for a true-class kernel value below ~1e-12 (every
-point at initialisation, far-off training points later; see ``credo.uncertainty.duq.kernel_bce_clamped``).
-This runs ``duq-exact`` and ``duq`` (clamped; otherwise the same config) on the whole Fashion-MNIST training split for
+DUQ's ``kernel_loss="exact"`` computes the binary cross-entropy on the kernel values exactly, in the log
+domain; the reference code (and credo's default, ``"clamped"``) uses ``F.binary_cross_entropy``, whose
+gradient vanishes for a true-class kernel value below ~1e-12 (every point at initialisation, far-off training
+points later; see ``credo.uncertainty.duq.kernel_bce_clamped``). This runs ``duq-exact`` and ``duq``
+(clamped; otherwise the same config) on the whole Fashion-MNIST training split for
 a shortened paper schedule, ``--epochs`` epochs with the LR steps at a third and two thirds, the same seeds for
 both (so the same initial weights and centroids), and reports accuracy and AUROC against MNIST-5k and the
 upscaled digits, mean and standard error over seeds, and the clamped-minus-exact AUROC difference paired by
