@@ -51,7 +51,8 @@ class Chain:
     divergences: int
     """Divergent transitions after warm-up."""
     accept_prob: float
-    """Mean acceptance probability after warm-up."""
+    """Pyro's "acceptance rate" after warm-up: the fraction of iterations whose draw moved (for NUTS nearly
+    always 1; the step size itself is adapted to a mean acceptance probability of ``target_accept``)."""
     step_size: float
     """Step size after adaptation."""
     seconds: float
