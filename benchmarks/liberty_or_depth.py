@@ -228,6 +228,77 @@ def claims(problems: dict) -> dict:
     return out
 
 
+def markdown(problems: dict) -> str:
+    """The tables for BENCHMARKS.md, mean ± standard error over chains, from the result itself."""
+
+    def cell(row: dict, key: str, digits: int = 3) -> str:
+        s = row["summary"][key]
+        se = s["se"] if s["se"] is not None else float("nan")
+        return f"{s['mean']:.{digits}f} ± {se:.{digits}f}"
+
+    lines = []
+    for name, rows in problems.items():
+        lines += [
+            f"{name}:",
+            "",
+            "| depth | params | KL(full ‖ diag), moment | KL(full ‖ diag), VI | KL(HMC ‖ full), VI | "
+            "KL(HMC ‖ diag), VI | KL(HMC ‖ full), moment | KL(HMC ‖ diag), moment | weight KL / param, moment |",
+            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for d in sorted(rows, key=int):
+            r = rows[d]
+            keys = [
+                "predictive_kl_full_to_diag_moment",
+                "predictive_kl_full_to_diag_vi",
+                "predictive_kl_hmc_to_vi_full",
+                "predictive_kl_hmc_to_vi_diag",
+                "predictive_kl_hmc_to_moment_full",
+                "predictive_kl_hmc_to_moment_diag",
+                "weight_kl_full_to_diag_moment_per_param",
+            ]
+            lines.append(f"| {d} | {r['num_params']} | " + " | ".join(cell(r, k, 4) for k in keys) + " |")
+        lines += [
+            "",
+            "| depth | ELBO full | ELBO diag | ELBO full's marginals | ELL full - diag | KL full - diag | "
+            "ELL full - marginals | KL full - marginals | test LL HMC / VI full / VI diag |",
+            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for d in sorted(rows, key=int):
+            r, pc = rows[d], rows[d]["per_chain"]
+
+            def diff(a: str, b: str, pc=pc) -> str:
+                v = summary([c[a] - c[b] for c in pc])
+                return f"{v['mean']:+.3f} ± {v['se']:.3f}"
+
+            tll = "/".join(
+                f"{r['summary'][f'test_log_likelihood_{k}']['mean']:.3f}"
+                for k in ("hmc", "vi_full", "vi_diag")
+            )
+            lines.append(
+                f"| {d} | {cell(r, 'elbo_vi_full')} | {cell(r, 'elbo_vi_diag')} | "
+                f"{cell(r, 'elbo_vi_full_marginals')} | "
+                f"{diff('ell_vi_full', 'ell_vi_diag')} | {diff('kl_vi_full', 'kl_vi_diag')} | "
+                f"{diff('ell_vi_full', 'ell_vi_full_marginals')} | "
+                f"{diff('kl_vi_full', 'kl_vi_full_marginals')} | {tll} |"
+            )
+        lines += [
+            "",
+            "| depth | within-chain R-hat (max / median) | within-chain ESS (min / median) | "
+            "function R-hat across chains (max) | function ESS (min) | divergences | step size | s per chain |",
+            "|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for d in sorted(rows, key=int):
+            g = rows[d]["diagnostics"]
+            lines.append(
+                f"| {d} | {g['params_rhat_within_chain_max']:.3f} / {g['params_rhat_within_chain_median']:.3f} | "
+                f"{g['params_ess_within_chain_min']:.0f} / {g['params_ess_within_chain_median']:.0f} | "
+                f"{g['function_rhat_across_chains_max']:.3f} | {g['function_ess_min']:.0f} | "
+                f"{sum(g['divergences'])} | {np.mean(g['step_size']):.3f} | {np.mean(g['seconds']):.0f} |"
+            )
+        lines.append("")
+    return "\n".join(lines)
+
+
 def plot(problems: dict, path: Path) -> None:
     import matplotlib
 
@@ -291,6 +362,7 @@ def main() -> None:
         log.info("only %s: the combined result is written by a run with every problem", names)
         return
     plot(problems, RESULTS / "liberty_or_depth.png")
+    (RESULTS / "liberty_or_depth.md").write_text(markdown(problems))
     write_result(
         "liberty_or_depth",
         {
