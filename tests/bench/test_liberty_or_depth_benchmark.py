@@ -86,7 +86,9 @@ def fake(depth_values: list[float], elbo_ok: bool = True) -> dict:
 
 def test_claims_follow_the_numbers():
     falling = lod.claims({"p": fake([0.4, 0.2, 0.1, 0.05])})["p"]
-    assert falling["moment_fits_divergence_falls_with_depth"] and falling["vi_fits_divergence_falls_with_depth"]
+    assert (
+        falling["moment_fits_divergence_falls_with_depth"] and falling["vi_fits_divergence_falls_with_depth"]
+    )
     assert falling["moment_fits_log_slope_per_layer"] == pytest.approx(math.log(0.5))
     assert falling["moment_fits_divergence_by_depth"] == [0.4, 0.2, 0.1, 0.05]
     assert falling["elbo_gain_over_marginals_never_exceeds_ell_gain"]
