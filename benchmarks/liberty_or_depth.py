@@ -309,7 +309,8 @@ def plot(problems: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2 * len(problems), figsize=(5.2 * 2 * len(problems), 4))
+    fig, axes = plt.subplots(len(problems), 2, figsize=(11, 4 * len(problems)), squeeze=False)
+    axes = axes.ravel()
     for i, (name, rows) in enumerate(problems.items()):
         depths = sorted(rows, key=int)
         x = [int(d) for d in depths]
