@@ -20,6 +20,24 @@ RESULTS = Path(__file__).parent / "results"
 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
 
 
+def run(main) -> None:
+    """Run a benchmark's ``main``; an expected failure (a damaged or foreign file, a bad argument) ends in one
+    line, ``credo: error: ...``, exit code 2, as the ``credo`` command does; an interrupt keeps finished work."""
+    from credo.cli import expected_error_message
+
+    try:
+        main()
+    except KeyboardInterrupt:
+        sys.stderr.write("interrupted: finished work is kept; rerun the same command to resume\n")
+        sys.exit(130)
+    except Exception as err:
+        message = expected_error_message(err)
+        if message is None:
+            raise
+        sys.stderr.write(f"credo: error: {' '.join(message.split())}\n")
+        sys.exit(2)
+
+
 def write_result(name: str, result: dict) -> Path:
     """Write ``result`` with its provenance to ``benchmarks/results/<name>.json`` as standard JSON (NaN as
     null) and print it."""

@@ -43,7 +43,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from _common import RESULTS, summary, write_result
+from _common import RESULTS, run, summary, write_result
 from credo.io import read_json, write_json
 from credo.posterior import BNNPosterior, FlatMLP
 from credo.posterior.gaussian import (
@@ -388,4 +388,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from _common import summary, write_result
+from _common import run, summary, write_result
 from credo import metrics as M
 from credo.bench import ResultsStore, get_task
 from credo.bench.runner import PREDICT_BATCH, train_cell
@@ -167,4 +167,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)
