@@ -1,0 +1,1 @@
+"""Does a feature extractor preserve input distances? Bounds, ratios, frequency bands, counterexamples."""
