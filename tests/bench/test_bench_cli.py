@@ -68,3 +68,16 @@ def test_report_without_usable_cells_is_one_line(tmp_path, capsys):
     assert main(["report", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("credo: error: ") and err.count("\n") == 1 and "a seed 0" in err
+
+
+def test_a_task_budget_beyond_the_three_is_accepted_and_an_unknown_one_is_one_line(tmp_path, capsys):
+    from credo.cli import _commands, build_parser
+
+    args = build_parser(_commands()).parse_args(["bench", "fashion-mnist", "--budget", "full-60k"])
+    assert args.budget == "full-60k"
+    out = tmp_path / "run"
+    assert main(["bench", "breast-cancer", "--budget", "full-60k", "--seeds", "1", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("credo: error: ") and err.count("\n") == 1
+    assert "no budget 'full-60k'" in err and "['demo', 'full', 'test']" in err
+    assert not out.exists()
