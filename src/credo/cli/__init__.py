@@ -67,6 +67,12 @@ def _commands() -> dict[tuple[str, ...], tuple[type, Callable[[Any], Any], tuple
     """``(group, name) -> (config dataclass, function, positional fields)``; SAE configs import lazily."""
     from credo.cli.bench import ReportCommand, run_report
     from credo.cli.demo import DemoCommand, run_demo
+    from credo.cli.lipschitz import (
+        LipschitzProbeCommand,
+        LipschitzSearchCommand,
+        run_lipschitz_probe,
+        run_lipschitz_search,
+    )
     from credo.cli.sae import run_sae_eval, run_sae_export, run_sae_harvest, run_sae_train
     from credo.sae.evaluate import SAEEvalConfig
     from credo.sae.export import SAEExportConfig
@@ -77,6 +83,8 @@ def _commands() -> dict[tuple[str, ...], tuple[type, Callable[[Any], Any], tuple
         ("bench",): (BenchCommand, run_bench, ("task",)),
         ("demo",): (DemoCommand, run_demo, ()),
         ("report",): (ReportCommand, run_report, ("out",)),
+        ("lipschitz", "probe"): (LipschitzProbeCommand, run_lipschitz_probe, ("run",)),
+        ("lipschitz", "search"): (LipschitzSearchCommand, run_lipschitz_search, ("run",)),
         ("sae", "harvest"): (HarvestConfig, run_sae_harvest, ()),
         ("sae", "train"): (SAETrainConfig, run_sae_train, ()),
         ("sae", "eval"): (SAEEvalConfig, run_sae_eval, ("sae",)),
