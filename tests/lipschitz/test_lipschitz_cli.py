@@ -28,7 +28,8 @@ def test_probe_writes_ratios_jacobian_and_the_bound(saved, capsys):
     argv = ["lipschitz", "probe", str(saved), "--examples", "120", "--pairs", "40", "--jacobian-inputs", "2"]
     assert main(argv) == 0
     path = saved / "lipschitz" / "probe.json"
-    assert capsys.readouterr().out.strip() == str(path)
+    printed = capsys.readouterr().out.splitlines()
+    assert printed == [str(path), f"report: {saved / 'lipschitz' / 'report.html'}"]
     result = json.loads(path.read_text())
     assert result["method"] == "softmax" and result["cutoff"] == 0.1
     pairs = result["pairs"]
@@ -83,3 +84,43 @@ def test_bad_input_is_one_line(saved, tmp_path, capsys, argv, match):
     assert main([*argv, "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("credo: error: ") and err.count("\n") == 1 and match in err
+
+
+def test_the_report_renders_in_chromium_with_the_bound_the_histograms_and_the_counterexamples(
+    saved, tmp_path
+):
+    from credo.demo.browser import check_page, find_chromium
+
+    out = tmp_path / "r"
+    common = ["--out", str(out)]
+    assert (
+        main(
+            [
+                "lipschitz",
+                "probe",
+                str(saved),
+                "--examples",
+                "100",
+                "--pairs",
+                "30",
+                "--jacobian-inputs",
+                "1",
+                *common,
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(["lipschitz", "search", str(saved), "--inputs", "4", "--steps", "3", "--restarts", "1", *common])
+        == 0
+    )
+    page = (out / "report.html").read_text()
+    assert "Upper Lipschitz bound" in page and "Counterexample search" in page
+    assert page.count("data:image/png;base64,") == 4  # ratio histograms + one counterexample figure per band
+    assert "a 1x1-convolution shortcut" in page
+    if find_chromium() is None:
+        pytest.fail(
+            "chromium is not installed, so the page cannot be rendered: apt-get install chromium (make test does)"
+        )
+    check = check_page(out / "report.html", screenshot=tmp_path / "report.png")
+    assert check.errors == []

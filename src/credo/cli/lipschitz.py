@@ -98,6 +98,20 @@ def _bound_dict(report) -> dict:
     }
 
 
+def _save_arrays(path: Path, arrays: dict) -> None:
+    import numpy as np
+
+    from credo.io import atomic_write
+
+    atomic_write(path, lambda f: np.savez(f, **{k: v.detach().cpu().numpy() for k, v in arrays.items()}))
+
+
+def _report(out: Path) -> None:
+    from credo.lipschitz.report import write_lipschitz_report
+
+    sys.stdout.write(f"report: {write_lipschitz_report(out)}\n")
+
+
 def run_lipschitz_probe(cmd: LipschitzProbeCommand) -> Path:
     from credo.io import write_json
     from credo.lipschitz.bounds import upper_bound
@@ -107,7 +121,12 @@ def run_lipschitz_probe(cmd: LipschitzProbeCommand) -> Path:
     result = probe(
         features_of(net), x, y, cmd.cutoff, cmd.pairs, cmd.radius, cmd.jacobian_inputs, seed=cmd.seed
     )
-    path = _out(cmd) / "probe.json"
+    out = _out(cmd)
+    _save_arrays(
+        out / "probe.npz",
+        {f"{kind}/{band}": v for kind, bands in result.ratios.items() for band, v in bands.items()},
+    )
+    path = out / "probe.json"
     write_json(
         path,
         {
@@ -118,6 +137,7 @@ def run_lipschitz_probe(cmd: LipschitzProbeCommand) -> Path:
         },
     )
     sys.stdout.write(f"{path}\n")
+    _report(out)
     return path
 
 
@@ -137,7 +157,7 @@ def run_lipschitz_search(cmd: LipschitzSearchCommand) -> Path:
     f = features_of(net)
     for p in net.parameters():
         p.requires_grad_(False)  # gradients flow to the perturbation only
-    bands = {}
+    bands, arrays = {}, {"inputs": x}
     for band in cmd.bands:
         g = torch.Generator().manual_seed(cmd.seed)
         res = search_counterexamples(
@@ -151,7 +171,11 @@ def run_lipschitz_search(cmd: LipschitzSearchCommand) -> Path:
             "ratios": r.tolist(),
             "low_fraction": res.low_fraction.tolist(),
         }
-    path = _out(cmd) / "search.json"
+        arrays[f"{band}/perturbation"] = res.perturbation
+    out = _out(cmd)
+    _save_arrays(out / "search.npz", arrays)
+    path = out / "search.json"
     write_json(path, {"command": asdict(cmd), "method": method.name, "bands": bands})
     sys.stdout.write(f"{path}\n")
+    _report(out)
     return path
