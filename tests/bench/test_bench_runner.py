@@ -279,3 +279,18 @@ def test_fashion_mnist_full_60k_budget_is_all_sixty_thousand_images():
     task = get_task("fashion-mnist")
     assert task.budget("full-60k").train_on_val and not task.budget("full").train_on_val
     assert task.fit_config("full-60k") == task.fit_config("full")
+
+
+def test_keep_models_saves_each_trained_method_exactly(blob_task, tmp_path):
+    from credo.uncertainty import UncertaintyMethod
+
+    run(tmp_path, seeds=2, keep_models=True)
+    store = ResultsStore(tmp_path)
+    data = blob_task.load("test")
+    for cell in store.finished_cells():
+        saved = UncertaintyMethod.load(tmp_path / "models" / cell.method / f"seed{cell.seed}")
+        probs = saved.predict(data.test.x).probs.double().numpy().astype(np.float32)
+        np.testing.assert_array_equal(probs, cell.arrays["test/probs"])  # the very weights that were scored
+    other = tmp_path / "without"
+    run(other)
+    assert not (other / "models").exists()

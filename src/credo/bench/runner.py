@@ -73,6 +73,7 @@ def run_benchmark(
     overrides: dict[str, dict[str, Any]] | None = None,
     command: str | None = None,
     report: bool = True,
+    keep_models: bool = False,
 ) -> BenchResult:
     """Train and evaluate every method with every seed on ``task``; write cells, table and report to ``out``.
 
@@ -101,6 +102,9 @@ def run_benchmark(
         overrides: per method name, config changes passed to :func:`credo.bench.build_method`.
         command: the command line recorded in ``run.json`` (default: ``sys.argv``).
         report: write ``report.html`` and ``table.md`` at the end.
+        keep_models: save each newly trained method to ``out/models/<method>/seed<k>`` (``method.save``; load
+            it with ``UncertaintyMethod.load``) before its cell is written, e.g. for ``credo lipschitz probe``.
+            Cells finished by an earlier run keep whatever that run saved.
     """
     task_obj = get_task(task)
     seed_list = list(range(seeds)) if isinstance(seeds, int) else [int(s) for s in seeds]
@@ -173,6 +177,8 @@ def run_benchmark(
             def finish(method=method, timing=timing, method_name=method_name, seed=seed) -> None:
                 fingerprint = run["fingerprints"][method_name]
                 cell = evaluate_cell(task_obj, budget, method_name, seed, method, data, timing, fingerprint)
+                if keep_models:
+                    method.save(store.model_dir(method_name, seed))
                 store.write_cell(cell)
                 store.remove_checkpoint(method_name, seed)
                 new_cells.append(cell)

@@ -138,6 +138,10 @@ class ResultsStore:
         base = self.root / "cells" / method / f"seed{seed}"
         return base.with_suffix(".json"), base.with_suffix(".npz")
 
+    def model_dir(self, method: str, seed: int) -> Path:
+        """Where a cell's trained method is saved when the run keeps models (``keep_models``)."""
+        return self.root / "models" / method / f"seed{seed}"
+
     def checkpoint_dir(self, method: str, seed: int) -> Path:
         """Where the training checkpoints of an unfinished cell live."""
         return self.root / "checkpoints" / method / f"seed{seed}"

@@ -26,6 +26,8 @@ class BenchCommand:
     budget: str = "full"
     """Training budget: full (the benchmark's), demo (minutes), test (seconds), or one of the task's own
     (fashion-mnist's full-60k trains on all 60,000 images, the validation split included)."""
+    keep_models: bool = False
+    """Save every newly trained method to <out>/models/<method>/seed<k> (for credo lipschitz probe RUN)."""
 
 
 def _choices() -> str:
@@ -85,7 +87,15 @@ def run_bench(cmd: BenchCommand) -> Path:
     task = get_task(cmd.task)
     task.budget(cmd.budget)  # an unknown budget is one line naming the task's budgets, before any work
     methods = list(cmd.methods) or list(DEFAULT_METHODS[task.kind])
-    result = run_benchmark(cmd.task, methods, cmd.seeds, Path(cmd.out), budget=cmd.budget, command=command)
+    result = run_benchmark(
+        cmd.task,
+        methods,
+        cmd.seeds,
+        Path(cmd.out),
+        budget=cmd.budget,
+        command=command,
+        keep_models=cmd.keep_models,
+    )
     if _first_process():
         headline = [m for m in HEADLINE if m in result.table.metrics]
         sys.stdout.write(to_markdown(result.table, headline) + "\n")
