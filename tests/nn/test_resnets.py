@@ -96,7 +96,10 @@ def test_conv_resnet_rejects_a_different_input_size():
         ({"name": "resnet50"}, "unknown backbone 'resnet50'"),
         ({"name": "conv_resnet", "spectral_coeff": 0.0}, "finite number > 0"),
         ({"name": "fc_resnet", "in_shape": (2,), "spectral_coeff": -3.0}, "finite number > 0"),
-        ({"name": "mlp", "in_shape": (2,), "spectral_coeff": 1.0}, "spectral_coeff applies to fc_resnet"),
+        (
+            {"name": "mlp", "in_shape": (2,), "spectral_coeff": 1.0},
+            "spectral_coeff applies to the residual backbones",
+        ),
         ({"name": "fashion_cnn", "features": 8}, "features applies to"),
         ({"name": "conv_resnet", "features": 0}, "features must be >= 1"),
         ({"name": "wide_resnet", "in_shape": (3072,)}, "in_shape must be"),

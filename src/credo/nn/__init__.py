@@ -19,7 +19,7 @@ from credo.nn.bayesian import (
 )
 from credo.nn.full_covariance import FullCovLinear
 from credo.nn.normalization import AffineBatchNorm1d, AffineBatchNorm2d, use_affine_batch_norm
-from credo.nn.resnets import ConvResNet, FCResNet, FeatureClassifier, WideResNet
+from credo.nn.resnets import ConvResNet, FCResNet, FeatureClassifier, IdentityResNet, WideResNet
 from credo.nn.spectral import (
     SpectralBatchNorm1d,
     SpectralBatchNorm2d,
@@ -36,6 +36,7 @@ __all__ = [
     "BayesLinear",
     "BayesianModule",
     "ConvResNet",
+    "IdentityResNet",
     "FCResNet",
     "FashionCNN",
     "FeatureClassifier",

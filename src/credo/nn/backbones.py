@@ -16,7 +16,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from credo.nn.resnets import ConvResNet, FCResNet, FeatureClassifier, WideResNet
+from credo.nn.resnets import ConvResNet, FCResNet, FeatureClassifier, IdentityResNet, WideResNet
 from credo.nn.spectral import check_coeff
 
 
@@ -24,9 +24,12 @@ from credo.nn.spectral import check_coeff
 class BackboneConfig:
     """What network to build."""
 
-    name: Literal["fashion_cnn", "mlp", "fc_resnet", "conv_resnet", "wide_resnet"] = "fashion_cnn"
+    name: Literal["fashion_cnn", "mlp", "fc_resnet", "conv_resnet", "identity_resnet", "wide_resnet"] = (
+        "fashion_cnn"
+    )
     """``fashion_cnn``: the DUQ paper's 28x28 CNN; ``mlp``: a fully connected network; ``fc_resnet``,
-    ``conv_resnet``, ``wide_resnet``: the residual extractors of :mod:`credo.nn.resnets` (toy data, 28x28, 32x32)."""
+    ``conv_resnet``, ``wide_resnet``: the residual extractors of :mod:`credo.nn.resnets` (toy data, 28x28, 32x32);
+    ``identity_resnet``: a conv ResNet with stride-1, identity-skip blocks only (distance-preservation studies)."""
     in_shape: tuple[int, ...] = (1, 28, 28)
     """Shape of one input, without the batch dimension."""
     num_outputs: int = 10
@@ -50,18 +53,18 @@ class BackboneConfig:
         self.hidden = tuple(self.hidden)
         if self.name not in BACKBONE_NAMES:
             raise ValueError(f"unknown backbone {self.name!r}; choose one of {', '.join(BACKBONE_NAMES)}")
-        resnet = self.name in ("fc_resnet", "conv_resnet", "wide_resnet")
+        resnet = self.name in RESNET_NAMES
         for key in ("spectral_coeff", "features", "depth"):
             if getattr(self, key) is not None and not resnet:
                 raise ValueError(
-                    f"{key} applies to fc_resnet, conv_resnet and wide_resnet only, not {self.name!r}; "
+                    f"{key} applies to the residual backbones ({', '.join(RESNET_NAMES)}) only, not {self.name!r}; "
                     f"leave it None or pick one of those backbones"
                 )
         if self.spectral_coeff is not None:
             check_coeff(self.spectral_coeff)
         if self.features is not None and self.features < 1:
             raise ValueError(f"features must be >= 1, got {self.features}")
-        if self.name in ("conv_resnet", "wide_resnet") and len(self.in_shape) != 3:
+        if self.name in ("conv_resnet", "identity_resnet", "wide_resnet") and len(self.in_shape) != 3:
             raise ValueError(f"{self.name} takes images: in_shape must be (C, H, W), got {self.in_shape}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
@@ -74,8 +77,10 @@ class BackboneConfig:
         return asdict(self)
 
 
-BACKBONE_NAMES = ("fashion_cnn", "mlp", "fc_resnet", "conv_resnet", "wide_resnet")
+BACKBONE_NAMES = ("fashion_cnn", "mlp", "fc_resnet", "conv_resnet", "identity_resnet", "wide_resnet")
 """Every backbone :func:`build_backbone` knows."""
+RESNET_NAMES = ("fc_resnet", "conv_resnet", "identity_resnet", "wide_resnet")
+"""The residual backbones (a feature extractor with a linear head; ``spectral_coeff``, ``features``, ``depth``)."""
 
 
 class FashionCNN(nn.Module):
@@ -136,7 +141,7 @@ def build_backbone(cfg: BackboneConfig) -> nn.Module:
     """Build the network ``cfg`` describes, with PyTorch's default initialisation under the current seed."""
     if cfg.name == "fashion_cnn":
         return FashionCNN(cfg.in_shape[0], cfg.num_outputs, cfg.dropout)
-    if cfg.name in ("fc_resnet", "conv_resnet", "wide_resnet"):
+    if cfg.name in RESNET_NAMES:
         return FeatureClassifier(build_resnet(cfg), cfg.num_outputs)
     return MLP(math.prod(cfg.in_shape), cfg.hidden, cfg.num_outputs, cfg.dropout)
 
@@ -151,11 +156,13 @@ def build_resnet(cfg: BackboneConfig) -> nn.Module:
         return FCResNet(math.prod(cfg.in_shape), **size, **sn)
     if cfg.name == "conv_resnet":
         return ConvResNet(cfg.in_shape, **size, **sn)
+    if cfg.name == "identity_resnet":
+        return IdentityResNet(cfg.in_shape, **size, **sn)
     if cfg.name == "wide_resnet":
         if "features" in size:
             size["widen_factor"] = size.pop("features")
         return WideResNet(cfg.in_shape, **size, **sn)
-    raise ValueError(f"{cfg.name!r} is not a residual backbone; choose fc_resnet, conv_resnet or wide_resnet")
+    raise ValueError(f"{cfg.name!r} is not a residual backbone; choose one of {', '.join(RESNET_NAMES)}")
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -196,6 +196,37 @@ class ConvResNet(_PreActResNet):
         )
 
 
+class IdentityResNet(_PreActResNet):
+    """A pre-activation ResNet whose blocks all keep the shape: stride 1 and ``features`` channels throughout,
+    so every shortcut is an identity (no 1x1 convolution, no downsampling): the architecture on which the
+    bi-Lipschitz argument for residual networks can hold (see :mod:`credo.lipschitz.bounds`), up to its stem,
+    final batch norm and pooling. ``[B, C, H, W] -> [B, features]``; ``depth`` blocks in each of 3 stages."""
+
+    def __init__(
+        self,
+        in_shape: tuple[int, ...] = (1, 28, 28),
+        features: int = 32,
+        depth: int = 1,
+        dropout: float = 0.0,
+        spectral_normalization: bool = True,
+        coeff: float = 3.0,
+        n_power_iterations: int = 1,
+    ):
+        if features < 1 or depth < 1:
+            raise ValueError(f"IdentityResNet needs features >= 1 and depth >= 1, got {features} and {depth}")
+        super().__init__(
+            in_shape,
+            features,
+            (features,) * 3,
+            (1, 1, 1),
+            depth,
+            dropout,
+            spectral_normalization,
+            coeff,
+            n_power_iterations,
+        )
+
+
 class WideResNet(_PreActResNet):
     """WRN-``depth``-``widen_factor`` for 32x32 images: ``[B, 3, 32, 32] -> [B, 64 * widen_factor]``."""
 
