@@ -111,6 +111,18 @@ def test_strided_resnet_blocks_break_the_lower_bound_argument_and_identity_block
     torch.manual_seed(0)
     model = trained_like(ConvResNet((1, 12, 12), features=4, coeff=3.0), (1, 12, 12))
     report = upper_bound(model, (1, 12, 12))
+    report_shapes = {}
+    hooks = [
+        m.register_forward_hook(
+            lambda mod, a, o, n=n: report_shapes.setdefault(n, tuple(a[0].shape[1:])) and None
+        )
+        for n, m in model.named_modules()
+        if isinstance(m, nn.Conv2d)
+    ]
+    with torch.no_grad():
+        model(torch.zeros(1, 1, 12, 12))
+    for h in hooks:
+        h.remove()
     assert [b.identity_skip for b in report.blocks] == [True, False, False]
     assert [b.stride_one for b in report.blocks] == [True, False, False]
     assert report.lower_bound is None
@@ -122,6 +134,8 @@ def test_strided_resnet_blocks_break_the_lower_bound_argument_and_identity_block
     )
     for c in report.normalised_convs:
         assert c.sigma_hat <= c.operator_norm * (1 + 1e-4)  # power iteration approaches the norm from below
+        conv = model.get_submodule(c.name)  # the layer as it computes, measured directly
+        assert c.normalised_norm == pytest.approx(layer_norm(conv, report_shapes[c.name]), rel=1e-3)
     # a stride-1, identity-skip ResNet with small constants: every block meets the conditions
     ident = _PreActResNet((1, 8, 8), 4, (4, 4), (1, 1), 1, 0.0, True, 0.8, 1)
     ident = trained_like(ident, (1, 8, 8))

@@ -120,6 +120,15 @@ BENCH_METHODS: dict[str, BenchMethod] = {
         per_budget={"full": {"fit": {"epochs": 5}}},
     ),
     "sngp": BenchMethod("sngp", backbone={"name": "conv_resnet", "spectral_coeff": 6.0}),
+    # DUE on a ResNet of stride-1, identity-skip blocks with every layer normalised to c = 0.95, so each branch
+    # (batch norm, conv, batch norm, conv) has constant <= 0.95^4 < 1: the residual bi-Lipschitz argument's
+    # conditions hold block by block (benchmarks/distance_preservation.py)
+    "due-identity": BenchMethod(
+        "due",
+        backbone={"name": "identity_resnet", "spectral_coeff": 0.95},
+        config={"fit": {"lr": 2e-2}},
+        per_budget={"full": {"fit": {"epochs": 5}}},
+    ),
 }
 """Benchmark methods by name. Names may differ from the registered method (e.g. an ``ensemble-10`` entry)."""
 

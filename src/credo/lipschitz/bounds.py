@@ -38,12 +38,20 @@ POWER_TOLERANCE = 1e-7
 
 @torch.no_grad()
 def linear_operator_norm(
-    apply, input_shape: tuple[int, ...], iterations: int = POWER_ITERATIONS, seed: int = 0
+    apply,
+    input_shape: tuple[int, ...],
+    iterations: int = POWER_ITERATIONS,
+    seed: int = 0,
+    start: Tensor | None = None,
 ) -> float:
     """The largest singular value of a linear map ``apply`` on inputs of ``input_shape`` (without the batch
-    dimension): power iteration on ``A^T A``, with ``A^T`` from autograd (a vector-Jacobian product)."""
+    dimension): power iteration on ``A^T A``, with ``A^T`` from autograd (a vector-Jacobian product), from
+    ``start`` (e.g. a spectral norm's stored right vector) or a random vector, until the estimate changes by
+    less than a relative 1e-7."""
     g = torch.Generator().manual_seed(seed)
     v = torch.randn(1, *input_shape, generator=g, dtype=torch.float64)
+    if start is not None and start.numel() == v.numel():
+        v = start.detach().double().reshape(v.shape) + 1e-3 * v / v.norm()  # a little noise: never orthogonal
     v /= v.norm()
     sigma = 0.0
     for _ in range(iterations):
@@ -182,8 +190,10 @@ class _Walker:
 
     def layer(self, name: str, module: nn.Module) -> float:
         if isinstance(module, nn.Linear | nn.Conv2d):
-            self._normalised(name, module)
-            return self.factor(name, type(module).__name__, layer_norm(module, self.shapes[module]))
+            norm = self._normalised(name, module)
+            if norm is None:
+                norm = layer_norm(module, self.shapes[module])
+            return self.factor(name, type(module).__name__, norm)
         if isinstance(module, nn.modules.batchnorm._BatchNorm):
             return self.factor(name, "BatchNorm (eval)", batch_norm_constant(module))
         if isinstance(module, nn.ReLU | nn.Tanh | nn.Dropout | nn.Identity | nn.Flatten | nn.MaxPool2d):
@@ -206,28 +216,36 @@ class _Walker:
             "ConvResNet and WideResNet"
         )
 
-    def _normalised(self, name: str, module: nn.Module) -> None:
+    def _normalised(self, name: str, module: nn.Module) -> float | None:
+        """For a softly normalised convolution, record its :class:`NormalisedConv` and return its operator norm
+        as it computes (the unnormalised weight's norm divided by ``max(1, sigma_hat / c)``, the factor the
+        layer applies); None for any other layer."""
         if not (isinstance(module, nn.Conv2d) and parametrize.is_parametrized(module, "weight")):
-            return
+            return None
         sn = next((p for p in module.parametrizations.weight if isinstance(p, SoftSpectralNorm)), None)
-        if sn is None:
-            return
+        if sn is None or len(module.parametrizations.weight) != 1:
+            return None
         original = module.parametrizations.weight.original.detach()
         raw = nn.Conv2d(module.in_channels, module.out_channels, module.kernel_size, module.stride, module.padding,
                         module.dilation, module.groups, bias=False)  # fmt: skip
         with torch.no_grad():
             raw.weight.copy_(original)
         shape = self.shapes[module]
+        sigma_hat = float(sn.sigma(original))
+        start = sn.v if sn.conv_args is not None and sn.initialised else None
+        operator_norm = linear_operator_norm(_linear_part(raw), shape, start=start)
+        normalised = operator_norm / max(1.0, sigma_hat / sn.coeff)
         self.report.normalised_convs.append(
             NormalisedConv(
                 name=name,
                 coeff=sn.coeff,
-                sigma_hat=float(sn.sigma(original)),
-                operator_norm=layer_norm(raw, shape),
+                sigma_hat=sigma_hat,
+                operator_norm=operator_norm,
                 reshaped_matrix_norm=float(torch.linalg.svdvals(original.double().flatten(1))[0]),
-                normalised_norm=layer_norm(module, shape),
+                normalised_norm=normalised,
             )
         )
+        return normalised
 
     def block(self, name: str, block: PreActBlock) -> float:
         branch = math.prod(

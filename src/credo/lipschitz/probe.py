@@ -25,7 +25,7 @@ from credo.lipschitz.frequency import FrequencySplit
 from credo.lipschitz.ratios import (
     distance_ratios,
     interpolation_pairs,
-    jacobian_singular_values,
+    jacobian_band_singular_values,
     perturbation_pairs,
     random_pairs,
 )
@@ -111,7 +111,6 @@ def probe(
     ratios["perturbation"] = distance_ratios(f, *perturbation_pairs(x[k], radius, generator=g), split)
     sub = x[torch.randperm(len(x), generator=g)[:jacobian_inputs]]
     channels = x.shape[1]
-    jacobian = {"all": jacobian_singular_values(f, sub)}
-    for band in ("low", "high"):
-        jacobian[band] = jacobian_singular_values(f, sub, basis=split.basis(band, channels, dtype=x.dtype))
+    bases = {"all": None, **{band: split.basis(band, channels, dtype=x.dtype) for band in ("low", "high")}}
+    jacobian = jacobian_band_singular_values(f, sub, bases)
     return ProbeResult(ratios=ratios, jacobian=jacobian, cutoff=cutoff)

@@ -108,18 +108,25 @@ def jacobian_singular_values(
     of ``J(x) B`` for an orthonormal ``basis`` ``B`` (``[D_in, k]``) of a subspace of inputs; ``[N, m]`` with
     ``m = min(D_out, k)``. ``f`` maps one batch to features ``[B, D_out]``; Jacobians are taken per example with
     ``torch.func`` (``vmap`` of ``jacrev``), ``batch_size`` inputs at a time."""
+    return jacobian_band_singular_values(f, x, {"band": basis}, batch_size)["band"]
+
+
+def jacobian_band_singular_values(
+    f: FeatureMap, x: Tensor, bases: dict[str, Tensor | None], batch_size: int = 16
+) -> dict[str, Tensor]:
+    """:func:`jacobian_singular_values` for several subspaces at once (``None``: all directions), each Jacobian
+    computed once."""
     shape = x.shape[1:]
 
     def single(xi: Tensor) -> Tensor:
         return f(xi.unsqueeze(0)).flatten()
 
     jac = vmap(jacrev(single))
-    out = []
+    out: dict[str, list[Tensor]] = {name: [] for name in bases}
     for chunk in x.split(batch_size):
-        j = jac(chunk).flatten(2)  # [B, D_out, D_in]
+        j = jac(chunk).flatten(2).detach()  # [B, D_out, D_in]
         if j.shape[-1] != shape.numel():
             raise ValueError(f"the Jacobian has {j.shape[-1]} input columns, the inputs {shape.numel()}")
-        if basis is not None:
-            j = j @ basis.to(j.dtype)
-        out.append(torch.linalg.svdvals(j.detach()))
-    return torch.cat(out)
+        for name, basis in bases.items():
+            out[name].append(torch.linalg.svdvals(j if basis is None else j @ basis.to(j.dtype)))
+    return {name: torch.cat(parts) for name, parts in out.items()}
