@@ -170,6 +170,10 @@ class _PreActResNet(nn.Module):
 class ConvResNet(_PreActResNet):
     """A small pre-activation ResNet for 28x28 images (Fashion-MNIST): ``[B, C, H, W] -> [B, 4 * features]``."""
 
+    stage_widths: tuple[int, ...] = (1, 2, 4)
+    """Channels of each stage, in multiples of ``features``."""
+    stage_strides: tuple[int, ...] = (1, 2, 2)
+
     def __init__(
         self,
         in_shape: tuple[int, ...] = (1, 28, 28),
@@ -181,13 +185,14 @@ class ConvResNet(_PreActResNet):
         n_power_iterations: int = 1,
     ):
         if features < 1 or depth < 1:
-            raise ValueError(f"ConvResNet needs features >= 1 and depth >= 1, got {features} and {depth}")
-        width = (features, 2 * features, 4 * features)
+            raise ValueError(
+                f"{type(self).__name__} needs features >= 1 and depth >= 1, got {features} and {depth}"
+            )
         super().__init__(
             in_shape,
             features,
-            width,
-            (1, 2, 2),
+            tuple(m * features for m in self.stage_widths),
+            self.stage_strides,
             depth,
             dropout,
             spectral_normalization,
@@ -196,35 +201,14 @@ class ConvResNet(_PreActResNet):
         )
 
 
-class IdentityResNet(_PreActResNet):
+class IdentityResNet(ConvResNet):
     """A pre-activation ResNet whose blocks all keep the shape: stride 1 and ``features`` channels throughout,
     so every shortcut is an identity (no 1x1 convolution, no downsampling): the architecture on which the
     bi-Lipschitz argument for residual networks can hold (see :mod:`credo.lipschitz.bounds`), up to its stem,
     final batch norm and pooling. ``[B, C, H, W] -> [B, features]``; ``depth`` blocks in each of 3 stages."""
 
-    def __init__(
-        self,
-        in_shape: tuple[int, ...] = (1, 28, 28),
-        features: int = 32,
-        depth: int = 1,
-        dropout: float = 0.0,
-        spectral_normalization: bool = True,
-        coeff: float = 3.0,
-        n_power_iterations: int = 1,
-    ):
-        if features < 1 or depth < 1:
-            raise ValueError(f"IdentityResNet needs features >= 1 and depth >= 1, got {features} and {depth}")
-        super().__init__(
-            in_shape,
-            features,
-            (features,) * 3,
-            (1, 1, 1),
-            depth,
-            dropout,
-            spectral_normalization,
-            coeff,
-            n_power_iterations,
-        )
+    stage_widths = (1, 1, 1)
+    stage_strides = (1, 1, 1)
 
 
 class WideResNet(_PreActResNet):
