@@ -97,3 +97,45 @@ def test_claims_follow_the_numbers():
     assert not rising["moment_fits_divergence_falls_with_depth"]
     assert rising["moment_fits_log_slope_per_layer"] == pytest.approx(math.log(2))
     assert not rising["elbo_gain_over_marginals_never_exceeds_ell_gain"]  # gain 0.5 > ELL gain -0.4
+
+
+def test_predictive_divergences_point_the_stated_way(evaluated):
+    """KL(p_full || p_diag) and KL(p_HMC || p_fit), recomputed from the stored chains with the benchmark's own
+    draw order (seed 1000 + k; moment full, then moment diag, ...): a swapped argument would differ."""
+    from credo.posterior.gaussian import moment_match, predictive_divergence
+
+    result, out, _ = evaluated
+    problem = lod.iris_problem()
+    target = lod.make_target(problem, 1, "categorical")
+    chains = run_chains(target, out / "iris" / "depth1", num_chains=2)
+    for k, (chain, row) in enumerate(zip(chains, result["per_chain"], strict=True)):
+        g = torch.Generator().manual_seed(1000 + k)
+        full = moment_match(chain.samples, diagonal=False).sample(lod.FIT_DRAWS, g)
+        diag = moment_match(chain.samples, diagonal=True).sample(lod.FIT_DRAWS, g)
+        x = problem["x_eval"]
+        forward = predictive_divergence(target, full, diag, x)
+        assert row["predictive_kl_full_to_diag_moment"] == pytest.approx(forward, rel=1e-9)
+        assert forward != pytest.approx(predictive_divergence(target, diag, full, x), rel=1e-6)
+        hmc_to_full = predictive_divergence(target, chain.samples, full, x)
+        assert row["predictive_kl_hmc_to_moment_full"] == pytest.approx(hmc_to_full, rel=1e-9)
+        assert row["predictive_kl_hmc_to_moment_diag"] == pytest.approx(
+            predictive_divergence(target, chain.samples, diag, x), rel=1e-9
+        )
+
+
+def test_markdown_cells_come_from_their_own_columns(evaluated):
+    result, _, _ = evaluated
+    table = lod.markdown({"iris": {"1": {**result, "summary": lod.aggregate(result)}}})
+    lines = table.splitlines()
+    header = next(line for line in lines if line.startswith("| depth | params"))
+    row = lines[lines.index(header) + 2]
+    cells = dict(
+        zip([c.strip() for c in header.split("|")], [c.strip() for c in row.split("|")], strict=True)
+    )
+    s = lod.aggregate(result)
+    for column, key in [
+        ("KL(full ‖ diag), moment", "predictive_kl_full_to_diag_moment"),
+        ("KL(HMC ‖ diag), VI", "predictive_kl_hmc_to_vi_diag"),
+        ("weight KL / param, moment", "weight_kl_full_to_diag_moment_per_param"),
+    ]:
+        assert cells[column].split(" ± ")[0] == f"{s[key]['mean']:.4f}"
