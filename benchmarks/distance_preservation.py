@@ -38,9 +38,8 @@ import torch
 from _common import run, summary, write_result
 from credo.bench import ResultsStore, get_task, run_benchmark
 from credo.io import read_json, write_json
-from credo.lipschitz import feature_extractor, probe, search_counterexamples, upper_bound
+from credo.lipschitz import feature_extractor, feature_map, probe, search_counterexamples, upper_bound
 from credo.lipschitz.frequency import FrequencySplit
-from credo.lipschitz.probe import features_of
 from credo.lipschitz.ratios import jacobian_singular_values
 from credo.uncertainty import UncertaintyMethod
 
@@ -50,7 +49,7 @@ METHODS = ("softmax", "due-no-sn", "due", "sngp", "due-identity")
 
 def measure(net, x: torch.Tensor, y: torch.Tensor, args) -> dict:
     """Every figure of one model (see the module docstring)."""
-    f = features_of(net)
+    f = feature_map(net)
     report = upper_bound(net, tuple(x.shape[1:]))
     probed = probe(f, x, y, cutoff=args.cutoff, pairs=args.pairs, radius=args.radius, jacobian_inputs=16)
     s = probed.summary()
@@ -93,7 +92,7 @@ def measure(net, x: torch.Tensor, y: torch.Tensor, args) -> dict:
 def speed(net, x: torch.Tensor) -> dict:
     """The search on 64 inputs (200 steps, 4 restarts) in seconds, and the batched Jacobian's VJP throughput
     over a plain batched backward pass's, measured side by side."""
-    f = features_of(net)
+    f = feature_map(net)
     split = FrequencySplit(0.1, tuple(x.shape[-2:]))
     start = time.perf_counter()
     search_counterexamples(f, x[:64], 0.5, "all", split, steps=200, restarts=4)

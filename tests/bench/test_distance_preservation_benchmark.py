@@ -32,3 +32,38 @@ def test_claims_follow_the_figures():
         ]
         is False
     )
+
+
+def test_measure_composes_every_figure_on_a_map_with_known_band_gains():
+    """On f = a P_low + b P_high (a linear layer on 8x8 images) every figure has a closed form: the upper bound
+    is max(a, b); the searches reach a in the low band, b in the high band and min(a, b) unrestricted; every
+    whole-difference pair ratio lies in [b, a] and every low-band one is >= a; the Jacobian restricted to the
+    low band has all singular values a."""
+    import argparse
+
+    import torch
+    from torch import nn
+
+    from credo.lipschitz.frequency import FrequencySplit
+
+    a, b, cutoff = 2.0, 0.5, 0.2
+    split = FrequencySplit(cutoff, (8, 8))
+    eye = torch.eye(64).reshape(64, 1, 8, 8)
+    p_low = split.low(eye).reshape(64, 64).T
+    net = nn.Sequential(nn.Flatten(), nn.Linear(64, 64, bias=False))
+    with torch.no_grad():
+        net[1].weight.copy_(a * p_low + b * (torch.eye(64) - p_low))
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.rand(40, 1, 8, 8, generator=g), torch.arange(40) % 4
+    args = argparse.Namespace(cutoff=cutoff, pairs=200, radius=0.5, search_inputs=8)
+    row = dp.measure(net, x, y, args)
+    assert row["upper_bound"] == pytest.approx(a, rel=1e-4)
+    assert row["search"]["low"]["min"] == pytest.approx(a, rel=1e-3)
+    assert row["search"]["high"]["min"] == pytest.approx(b, rel=1e-3)
+    assert row["search"]["all"]["min"] == pytest.approx(b, rel=1e-2)
+    for kind in ("same_class", "different_class"):
+        pairs = row["pairs"][kind]
+        assert b - 1e-5 <= pairs["all"]["min"] <= pairs["all"]["max"] <= a + 1e-5
+        assert pairs["low"]["min"] >= a - 1e-5
+        assert pairs["high"]["min"] >= b - 1e-5
+    assert row["jacobian_low_smallest_singular_value"]["p50"] == pytest.approx(a, rel=1e-4)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from credo.lipschitz.bounds import upper_bound
+from credo.lipschitz.bounds import feature_map, upper_bound
 from credo.lipschitz.frequency import FrequencySplit
-from credo.lipschitz.probe import feature_extractor, features_of, probe
+from credo.lipschitz.probe import feature_extractor, probe
 from credo.nn import BackboneConfig
 from credo.uncertainty import DUQ, SNGP, DeepEnsemble, Softmax
 
@@ -50,7 +50,7 @@ def test_every_single_model_method_gives_its_feature_extractor(cls):
     method = cls(backbone=IMAGE)
     net = feature_extractor(method)
     x = torch.randn(5, 1, 8, 8)
-    feats = features_of(net)(x)
+    feats = feature_map(net)(x)
     assert feats.shape == (5, 16) and not net.training
     model = method.model.eval()
     expected = model.feature_extractor(x) if cls is SNGP else model.features(x)

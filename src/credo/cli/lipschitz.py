@@ -114,12 +114,12 @@ def _report(out: Path) -> None:
 
 def run_lipschitz_probe(cmd: LipschitzProbeCommand) -> Path:
     from credo.io import write_json
+    from credo.lipschitz import feature_map, probe
     from credo.lipschitz.bounds import upper_bound
-    from credo.lipschitz.probe import features_of, probe
 
     method, net, x, y = _load(cmd.run, cmd.data, cmd.examples, cmd.seed)
     result = probe(
-        features_of(net), x, y, cmd.cutoff, cmd.pairs, cmd.radius, cmd.jacobian_inputs, seed=cmd.seed
+        feature_map(net), x, y, cmd.cutoff, cmd.pairs, cmd.radius, cmd.jacobian_inputs, seed=cmd.seed
     )
     out = _out(cmd)
     _save_arrays(
@@ -145,8 +145,8 @@ def run_lipschitz_search(cmd: LipschitzSearchCommand) -> Path:
     import torch
 
     from credo.io import write_json
+    from credo.lipschitz import feature_map
     from credo.lipschitz.frequency import FrequencySplit
-    from credo.lipschitz.probe import features_of
     from credo.lipschitz.search import search_counterexamples
 
     unknown = sorted(set(cmd.bands) - {"all", "low", "high"})
@@ -154,7 +154,7 @@ def run_lipschitz_search(cmd: LipschitzSearchCommand) -> Path:
         raise ValueError(f"--bands takes all, low and high; got {unknown}")
     method, net, x, _ = _load(cmd.run, cmd.data, cmd.inputs, cmd.seed)
     split = FrequencySplit(cmd.cutoff, tuple(x.shape[-2:]))
-    f = features_of(net)
+    f = feature_map(net)
     for p in net.parameters():
         p.requires_grad_(False)  # gradients flow to the perturbation only
     bands, arrays = {}, {"inputs": x}

@@ -51,11 +51,6 @@ def feature_extractor(method) -> nn.Module:
     return net.eval()
 
 
-def features_of(net: nn.Module):
-    """``x -> features`` of an extractor from :func:`feature_extractor`."""
-    return net.features if hasattr(net, "features") else net
-
-
 @dataclass
 class ProbeResult:
     """Ratios per pair kind and band (``{"same_class": {"all": [N], "low": ..., "high": ...}, ...}``) and the
