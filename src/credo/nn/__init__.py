@@ -1,4 +1,5 @@
-"""Building blocks: backbones, Bayesian layers, spectral normalisation and residual feature extractors."""
+"""Building blocks: backbones, Bayesian layers, spectral normalisation, residual feature extractors and
+equivariant transformer layers."""
 
 from credo.nn.backbones import (
     MLP,
@@ -16,6 +17,13 @@ from credo.nn.bayesian import (
     gaussian_kl,
     kl_divergence,
     make_bayesian,
+)
+from credo.nn.equivariant import (
+    EquivariantTransformerStack,
+    Pose,
+    RotationET,
+    ScaleET,
+    TranslationET,
 )
 from credo.nn.full_covariance import FullCovLinear
 from credo.nn.normalization import AffineBatchNorm1d, AffineBatchNorm2d, use_affine_batch_norm
@@ -36,12 +44,17 @@ __all__ = [
     "BayesLinear",
     "BayesianModule",
     "ConvResNet",
+    "EquivariantTransformerStack",
     "IdentityResNet",
     "FCResNet",
     "FashionCNN",
     "FeatureClassifier",
     "FullCovLinear",
     "GaussianPrior",
+    "Pose",
+    "RotationET",
+    "ScaleET",
+    "TranslationET",
     "SpectralBatchNorm1d",
     "SpectralBatchNorm2d",
     "WideResNet",
