@@ -172,11 +172,15 @@ class TranslationET(_PoseLayer):
 
     group = "translation"
 
-    def __init__(self, in_channels: int, isotropic: bool = True, **kw):
+    def __init__(self, in_channels: int, isotropic: bool = True, pool: int = 1, **kw):
         super().__init__(in_channels, isotropic=isotropic, **kw)
+        self.pool = pool
 
     def pose(self, x: Tensor) -> Tensor:
-        """``[N, C, H, W] -> t`` ``[N, 2]``."""
+        """``[N, C, H, W] -> t`` ``[N, 2]`` (the CNN runs on ``x`` average-pooled by ``pool``: the pooled pixel
+        centres sit at the same normalised coordinates, so the centroid is in the same units)."""
+        if self.pool > 1:
+            x = F.avg_pool2d(x, self.pool)
         n, _, h, w = x.shape
         wts = self.weights(x)
         p = wts / (wts.sum((1, 2), keepdim=True) + EPS)
@@ -200,12 +204,20 @@ class _PolarET(_PoseLayer):
         self.radii = radii or size // 2
         self.size = size
 
-    def polar(self, x: Tensor, radius: Tensor) -> Tensor:
-        """``x`` sampled at ``(r_i cos theta_j, r_i sin theta_j)``: ``[N, C, len(radius), angles]``."""
+    def polar(self, x: Tensor, radius: Tensor, a: Tensor | None = None, t: Tensor | None = None) -> Tensor:
+        """``x(A p_ij + t)`` at ``p_ij = (r_i cos theta_j, r_i sin theta_j)``: ``[N, C, len(radius), angles]``.
+
+        With ``(A, t)`` the pose removed so far, this is the polar image of the partly canonicalised
+        ``x(A u + t)`` read straight from ``x``: one small resampling instead of warping the whole image first.
+        """
         theta = torch.arange(self.angles, dtype=x.dtype, device=x.device) * (2 * math.pi / self.angles)
         gx = radius[:, None] * torch.cos(theta)[None]
         gy = radius[:, None] * torch.sin(theta)[None]
         grid = torch.stack((gx, gy), -1).expand(len(x), -1, -1, -1)
+        if a is not None:
+            grid = torch.einsum("nij,nhwj->nhwi", a, grid)
+        if t is not None:
+            grid = grid + t[:, None, None, :]
         return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
@@ -225,9 +237,10 @@ class RotationET(_PolarET):
         """Radii ``(i + 1/2) / radii`` for ``i < radii``: the inscribed disc, pixel-spaced."""
         return (torch.arange(self.radii, dtype=x.dtype, device=x.device) + 0.5) / self.radii
 
-    def pose(self, x: Tensor) -> Tensor:
-        """``[N, C, H, W] -> phi`` ``[N]`` in ``(-pi, pi]``."""
-        w = self.weights(self.polar(x, self.radius(x))).sum(1)
+    def pose(self, x: Tensor, a: Tensor | None = None, t: Tensor | None = None) -> Tensor:
+        """``[N, C, H, W] -> phi`` ``[N]`` in ``(-pi / m, pi / m]``, of ``x(A u + t)`` if a pose ``(A, t)`` was
+        removed before this layer."""
+        w = self.weights(self.polar(x, self.radius(x), a, t)).sum(1)
         m = self.symmetry
         theta = torch.arange(self.angles, dtype=x.dtype, device=x.device) * (2 * math.pi / self.angles)
         return torch.atan2((w * torch.sin(m * theta)).sum(-1), (w * torch.cos(m * theta)).sum(-1)) / m
@@ -249,10 +262,11 @@ class ScaleET(_PolarET):
         """``rho_i`` evenly spaced from ``log(1 / radii)`` (one pixel) to ``log 1`` (the inscribed circle)."""
         return torch.linspace(-math.log(self.radii), 0.0, self.radii, dtype=x.dtype, device=x.device)
 
-    def pose(self, x: Tensor) -> Tensor:
-        """``[N, C, H, W] -> sigma`` ``[N]``, zero when the profile's weight sits at the grid's mean log radius."""
+    def pose(self, x: Tensor, a: Tensor | None = None, t: Tensor | None = None) -> Tensor:
+        """``[N, C, H, W] -> sigma`` ``[N]`` (of ``x(A u + t)`` if a pose ``(A, t)`` was removed before this
+        layer), zero when the profile's weight sits at the grid's mean log radius."""
         rho = self.log_radius(x)
-        w = self.weights(self.polar(x, torch.exp(rho))).sum(-1)
+        w = self.weights(self.polar(x, torch.exp(rho), a, t)).sum(-1)
         return (w * (rho - rho.mean())).sum(-1) / (w.sum(-1) + EPS)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -267,7 +281,8 @@ class EquivariantTransformerStack(nn.Module):
     """Translation, then rotation, then scale ET layers (any subset, in that order).
 
     ``forward(x) -> (canonical, pose)``: the canonical image is ``x(A u + t)`` with ``(A, t) = pose.affine()``,
-    computed as ONE resampling of the input (not three), so stacking layers blurs no more than one warp.
+    computed as ONE resampling of the input (not three), so stacking layers blurs no more than one warp; the
+    rotation and scale layers read their polar grids straight from the input at the pose removed so far.
 
     Args:
         in_channels: image channels.
@@ -276,6 +291,8 @@ class EquivariantTransformerStack(nn.Module):
         hidden, layers, kernel_size: each pose CNN's width, depth and kernel.
         angles: samples of the angle axis in the polar grids (a multiple of 4 makes quarter turns exact).
         rotation_symmetry: m, to read the rotation modulo ``2 pi / m`` (see the module).
+        pool: the translation CNN runs on the image average-pooled by this factor (cheaper on large images).
+        radii: samples of the radius axis in the polar grids (default: half the image side).
     """
 
     def __init__(
@@ -288,6 +305,8 @@ class EquivariantTransformerStack(nn.Module):
         kernel_size: int = 5,
         angles: int = 32,
         rotation_symmetry: int = 1,
+        pool: int = 1,
+        radii: int | None = None,
     ):
         super().__init__()
         unknown = set(groups) - set(GROUPS)
@@ -295,31 +314,27 @@ class EquivariantTransformerStack(nn.Module):
             raise ValueError(f"groups must be a non-empty subset of {GROUPS}, got {groups}")
         kw = dict(hidden=hidden, layers=layers, kernel_size=kernel_size)
         self.groups = tuple(g for g in GROUPS if g in groups)
-        self.translation = TranslationET(in_channels, **kw) if "translation" in groups else None
+        self.translation = TranslationET(in_channels, pool=pool, **kw) if "translation" in groups else None
         self.rotation = (
-            RotationET(in_channels, size, angles, rotation_symmetry, **kw) if "rotation" in groups else None
+            RotationET(in_channels, size, angles, rotation_symmetry, radii=radii, **kw)
+            if "rotation" in groups
+            else None
         )
-        self.scale = ScaleET(in_channels, size, angles, **kw) if "scale" in groups else None
+        self.scale = ScaleET(in_channels, size, angles, radii=radii, **kw) if "scale" in groups else None
 
     def forward(self, x: Tensor) -> tuple[Tensor, Pose]:
         """``[N, C, H, W] -> (canonical [N, C, H, W], Pose)``."""
         n = len(x)
         zeros = x.new_zeros(n)
         t, phi, sigma = x.new_zeros(n, 2), zeros, zeros
-        eye = torch.eye(2, dtype=x.dtype, device=x.device).expand(n, 2, 2)
-        z = x
         if self.translation is not None:
-            t = self.translation.pose(z)
-            z = warp_affine(x, eye, t)
+            t = self.translation.pose(x)
         if self.rotation is not None:
-            phi = self.rotation.pose(z)
-            z = warp_affine(x, rotation_matrix(phi), t)
+            phi = self.rotation.pose(x, None, t)
         if self.scale is not None:
-            sigma = self.scale.pose(z)
+            sigma = self.scale.pose(x, rotation_matrix(phi), t)
         pose = Pose(translation=t, rotation=phi, log_scale=sigma)
-        if self.scale is not None:
-            z = warp_affine(x, *pose.affine())
-        return z, pose
+        return warp_affine(x, *pose.affine()), pose
 
     def uncanonicalise(self, canonical: Tensor, pose: Pose) -> Tensor:
         """Put a canonical image (e.g. a decoder's output) back in the input's pose: ``y(v) = c(A^-1 (v - t))``."""
