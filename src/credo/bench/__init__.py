@@ -7,7 +7,8 @@ self-contained ``report.html``, all from the same verified cells. Rerunning the 
 (their digest and config fingerprint checked), recomputes damaged ones and resumes an interrupted one.
 """
 
-from credo.bench import regression_tasks  # registers virtual-diagnostic, diabetes, auto-mpg
+# importing these registers their tasks: galaxies-*, rotated-fashion-mnist-*; virtual-diagnostic, diabetes, auto-mpg
+from credo.bench import generative_tasks, regression_tasks  # noqa: F401
 from credo.bench.aggregate import (
     ResultsTable,
     Summary,

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import credo.generative  # noqa: F401 (registers the pose-VAE methods)
 from credo.bench.regression import REGRESSION_QUANTILE_LEVELS
 from credo.bench.tasks import Task, get_task
 from credo.config import config_from_dict, config_to_dict
@@ -129,6 +130,12 @@ BENCH_METHODS: dict[str, BenchMethod] = {
         config={"fit": {"lr": 2e-2}},
         per_budget={"full": {"fit": {"epochs": 5}}},
     ),
+    # the pose VAE's regimes on the semi-supervised image tasks (credo.bench.generative_tasks)
+    "pose-vae": BenchMethod("pose-vae"),
+    "vae": BenchMethod("pose-vae", config={"equivariant": False}),
+    "pose-vae-pretrain": BenchMethod("pose-vae", config={"regime": "pretrain-finetune"}),
+    "et-cnn": BenchMethod("pose-vae", config={"regime": "supervised"}),
+    "cnn-encoder": BenchMethod("pose-vae", config={"regime": "supervised", "equivariant": False}),
 }
 """Benchmark methods by name. Names may differ from the registered method (e.g. an ``ensemble-10`` entry)."""
 

@@ -101,6 +101,10 @@ class Task:
     """Regression only: shape of one target, e.g. () for a number, (64,) for a current profile."""
     description: str = ""
     """One paragraph for the report: what the data is, what the OOD and shifted sets are."""
+    labelled: int | None = None
+    """Semi-supervised tasks: keep the labels of this many training examples (a seeded subset, stratified by
+    class) and mark the rest unlabelled, after any ``train_size`` subsetting (see :func:`hide_labels`);
+    None: every label is kept."""
 
     def __post_init__(self) -> None:
         self.in_shape = tuple(self.in_shape)
@@ -158,6 +162,8 @@ class Task:
                 train.classes,
             )
         train = train if b.train_size is None else _subset(train, b.train_size, stratify=True)
+        if self.labelled is not None:
+            train = hide_labels(train, self.labelled)
         cap = b.eval_size
         return TaskData(
             train=train,
@@ -166,6 +172,21 @@ class Task:
             ood={k: _subset(v, cap) for k, v in data.ood.items()},
             shifted={k: _subset(v, cap) for k, v in data.shifted.items()},
         )
+
+
+def hide_labels(ds: ArrayDataset, keep: int, seed: int = 0) -> ArrayDataset:
+    """``ds`` with the labels of all but ``keep`` examples hidden: class indices ``[N]`` become ``-1``, vote
+    counts ``[N, K]`` become rows of zeros. The kept examples are a seeded subset stratified by (majority)
+    class; ``keep >= len(ds)`` keeps every label."""
+    if keep < 1:
+        raise ValueError(f"the number of labelled examples must be >= 1, got {keep}")
+    if keep >= len(ds):
+        return ds
+    classes = ds.y if ds.y.dim() == 1 else ds.y.argmax(-1)
+    index = torch.from_numpy(split_indices(len(ds), [keep], seed=seed, labels=classes.long())[0])
+    y = torch.full_like(ds.y, -1) if ds.y.dim() == 1 else torch.zeros_like(ds.y)
+    y[index] = ds.y[index]
+    return ArrayDataset(ds.x, y, f"{ds.name} ({keep} labelled)", ds.classes)
 
 
 def _subset(ds: ArrayDataset, size: int | None, stratify: bool = False) -> ArrayDataset:
