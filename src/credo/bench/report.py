@@ -16,9 +16,7 @@ Regression tasks get the plots of :mod:`credo.bench.report_regression` instead.
 
 from __future__ import annotations
 
-import base64
 import html
-import io
 import json
 import logging
 import math
@@ -37,6 +35,7 @@ from credo.bench.aggregate import (
     write_results_json,
 )
 from credo.bench.store import Cell, LeftOut, ResultsStore
+from credo.html import png_data
 from credo.io import atomic_write_bytes
 
 log = logging.getLogger(__name__)
@@ -58,14 +57,8 @@ def _by_method(cells: list[Cell], order: list[str]) -> dict[str, list[Cell]]:
     return {m: groups[m] for m in [*order, *groups] if m in groups}
 
 
-def _png(fig: Any) -> str:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
-    return base64.b64encode(buf.getvalue()).decode()
-
-
 def _img(kind: str, alt: str, fig: Any) -> str:
-    return f'<img class="{kind}" alt="{html.escape(alt)}" src="data:image/png;base64,{_png(fig)}">'
+    return f'<img class="{kind}" alt="{html.escape(alt)}" src="data:image/png;base64,{png_data(fig, tight=True)}">'
 
 
 def _grid(rows: int, cols: int, width: float = 3.2, height: float = 2.8) -> tuple[Any, np.ndarray]:

@@ -10,9 +10,7 @@ images (the input, the perturbed input, and the perturbation scaled to the full 
 
 from __future__ import annotations
 
-import base64
 import html
-import io
 import json
 import math
 from pathlib import Path
@@ -20,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from credo.html import png_data
 from credo.io import atomic_write_bytes
 
 _CSS = """
@@ -36,12 +35,6 @@ BAND_NOTES = {
     "low": "||f(x) - f(x')|| / ||P_low (x - x')||: the claim's low-frequency lower bound",
     "high": "||f(x) - f(x')|| / ||P_high (x - x')||",
 }
-
-
-def _png(fig: Any) -> str:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90)
-    return base64.b64encode(buf.getvalue()).decode()
 
 
 def _fmt(value: float | None) -> str:
@@ -183,7 +176,7 @@ def write_lipschitz_report(directory: str | Path, shown: int = 6) -> Path:
             with np.load(arrays_path) as z:
                 arrays = {k: z[k] for k in z.files}
             fig = _ratio_figure(arrays, list(result["pairs"]))
-            parts.append(f'<img alt="distance ratio histograms" src="data:image/png;base64,{_png(fig)}">')
+            parts.append(f'<img alt="distance ratio histograms" src="data:image/png;base64,{png_data(fig)}">')
     if search.is_file():
         result = json.loads(search.read_text())
         parts.append("<h2>Counterexample search</h2>")
@@ -208,7 +201,7 @@ def write_lipschitz_report(directory: str | Path, shown: int = 6) -> Path:
                             x, z[f"{band}/perturbation"], np.asarray(r["ratios"]), band, shown
                         )
                         parts.append(
-                            f'<img alt="counterexamples, {band} band" src="data:image/png;base64,{_png(fig)}">'
+                            f'<img alt="counterexamples, {band} band" src="data:image/png;base64,{png_data(fig)}">'
                         )
     page = (
         f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"

@@ -11,9 +11,7 @@ these windows, so the page shows typical latents, not chosen ones.
 
 from __future__ import annotations
 
-import base64
 import html
-import io
 import json
 import math
 from collections.abc import Sequence
@@ -25,6 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from credo.html import png_data
 from credo.io import atomic_write_bytes
 
 METRIC_NOTES: dict[str, tuple[str, str]] = {
@@ -140,12 +139,6 @@ def top_activating_contexts(
     return out
 
 
-def _png(fig: Any) -> str:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90)
-    return base64.b64encode(buf.getvalue()).decode()
-
-
 def _density_figure(counts: Sequence[float], edges: Sequence[float], dead: float | None) -> Any:
     from matplotlib.figure import Figure
 
@@ -208,7 +201,7 @@ def write_sae_report(
             "<h2>Latent density</h2>",
             '<p class="note">How often each latent fires. A healthy SAE has most latents between 1e-4 and 1e-1; '
             "a spike at the right edge means dense latents, dead latents fired on none of the tokens.</p>",
-            f'<img alt="feature density histogram" src="data:image/png;base64,{_png(fig)}">',
+            f'<img alt="feature density histogram" src="data:image/png;base64,{png_data(fig)}">',
         ]
     if contexts:
         sections += [
