@@ -67,6 +67,7 @@ def _commands() -> dict[tuple[str, ...], tuple[type, Callable[[Any], Any], tuple
     """``(group, name) -> (config dataclass, function, positional fields)``; SAE configs import lazily."""
     from credo.cli.bench import ReportCommand, run_report
     from credo.cli.demo import DemoCommand, run_demo
+    from credo.cli.generative import GenerativeTrainCommand, run_generative_train
     from credo.cli.lipschitz import (
         LipschitzProbeCommand,
         LipschitzSearchCommand,
@@ -83,6 +84,7 @@ def _commands() -> dict[tuple[str, ...], tuple[type, Callable[[Any], Any], tuple
         ("bench",): (BenchCommand, run_bench, ("task",)),
         ("demo",): (DemoCommand, run_demo, ()),
         ("report",): (ReportCommand, run_report, ("out",)),
+        ("generative", "train"): (GenerativeTrainCommand, run_generative_train, ("model",)),
         ("lipschitz", "probe"): (LipschitzProbeCommand, run_lipschitz_probe, ("run",)),
         ("lipschitz", "search"): (LipschitzSearchCommand, run_lipschitz_search, ("run",)),
         ("sae", "harvest"): (HarvestConfig, run_sae_harvest, ()),
