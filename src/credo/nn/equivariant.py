@@ -65,12 +65,12 @@ def rotation_matrix(phi: Tensor) -> Tensor:
     return torch.stack((torch.stack((c, -s), -1), torch.stack((s, c), -1)), -2)
 
 
-def warp_affine(x: Tensor, a: Tensor, t: Tensor) -> Tensor:
+def warp_affine(x: Tensor, a: Tensor, t: Tensor, padding_mode: str = "zeros") -> Tensor:
     """``out(u) = x(A u + t)`` for images ``x`` ``[N, C, H, W]``, ``A`` ``[N, 2, 2]``, ``t`` ``[N, 2]``, in
-    normalised coordinates, bilinear, zero outside the image."""
+    normalised coordinates, bilinear, zero outside the image (``padding_mode="border"``: the nearest edge pixel)."""
     theta = torch.cat((a, t.unsqueeze(-1)), dim=-1).to(x.dtype)
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode=padding_mode, align_corners=False)
 
 
 def invert_affine(a: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
@@ -337,5 +337,9 @@ class EquivariantTransformerStack(nn.Module):
         return warp_affine(x, *pose.affine()), pose
 
     def uncanonicalise(self, canonical: Tensor, pose: Pose) -> Tensor:
-        """Put a canonical image (e.g. a decoder's output) back in the input's pose: ``y(v) = c(A^-1 (v - t))``."""
-        return warp_affine(canonical, *invert_affine(*pose.affine()))
+        """Put a canonical image (e.g. a decoder's output) back in the input's pose: ``y(v) = c(A^-1 (v - t))``.
+
+        Where ``A^-1 (v - t)`` falls outside the canonical frame (the pose zoomed in, or turned a corner away)
+        the nearest border pixel is used, not zero: a decoder's border is the sky or background around the object,
+        which is what the input has there."""
+        return warp_affine(canonical, *invert_affine(*pose.affine()), padding_mode="border")
