@@ -8,53 +8,48 @@ from pathlib import Path
 
 
 @dataclass
-class LipschitzProbeCommand:
-    """Distance ratios of a saved method's feature extractor over data pairs, interpolations and perturbations,
-    per frequency band, the Jacobian's band singular values, and the upper bound with its per-block report;
-    written to <out>/probe.json."""
+class _LipschitzCommand:
+    """Fields both lipschitz commands share."""
 
     run: str = ""
     """A saved credo method (a directory with cfg.json and model.safetensors, from method.save)."""
     data: str = "fashion-mnist"
-    """The task whose test images are probed (its preprocessing is the model's)."""
-    examples: int = 2000
-    """Test images to draw the pairs from (a seeded subset)."""
-    pairs: int = 2000
-    """Pairs per kind (same class, different class, perturbation; interpolation: pairs / 8 segments of 8)."""
+    """The task whose test images are used (its preprocessing is the model's)."""
     cutoff: float = 0.1
     """Radial frequency (cycles per pixel, in (0, 0.707]) between the low and the high band."""
     radius: float = 0.5
-    """Norm of the random perturbations."""
-    jacobian_inputs: int = 16
-    """Inputs at which the Jacobian's singular values are computed."""
+    """Norm of the perturbations."""
     seed: int = 0
     out: str = ""
     """Output directory; default: <run>/lipschitz."""
 
 
 @dataclass
-class LipschitzSearchCommand:
+class LipschitzProbeCommand(_LipschitzCommand):
+    """Distance ratios of a saved method's feature extractor over data pairs, interpolations and perturbations,
+    per frequency band, the Jacobian's band singular values, and the upper bound with its per-block report;
+    written to <out>/probe.json."""
+
+    examples: int = 2000
+    """Test images to draw the pairs from (a seeded subset)."""
+    pairs: int = 2000
+    """Pairs per kind (same class, different class, perturbation; interpolation: pairs / 8 segments of 8)."""
+    jacobian_inputs: int = 16
+    """Inputs at which the Jacobian's singular values are computed."""
+
+
+@dataclass
+class LipschitzSearchCommand(_LipschitzCommand):
     """The counterexample search on a saved method's feature extractor: the smallest distance ratio found around
     each input, unrestricted and per frequency band; written to <out>/search.json."""
 
-    run: str = ""
-    """A saved credo method (a directory with cfg.json and model.safetensors, from method.save)."""
-    data: str = "fashion-mnist"
-    """The task whose test images are searched around."""
     inputs: int = 64
     """Test images to search around (a seeded subset)."""
     bands: tuple[str, ...] = ("all", "low", "high")
     """Bands to search in: all, low, high."""
-    cutoff: float = 0.1
-    """Radial frequency (cycles per pixel, in (0, 0.707]) between the low and the high band."""
-    radius: float = 0.5
-    """Norm of the perturbation."""
     steps: int = 200
     restarts: int = 4
     lr: float = 0.1
-    seed: int = 0
-    out: str = ""
-    """Output directory; default: <run>/lipschitz."""
 
 
 def _load(run: str, data: str, count: int, seed: int):
