@@ -23,7 +23,7 @@ logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)
 def run(main) -> None:
     """Run a benchmark's ``main``; an expected failure (a damaged or foreign file, a bad argument) ends in one
     line, ``credo: error: ...``, exit code 2, as the ``credo`` command does; an interrupt keeps finished work."""
-    from credo.cli import expected_error_message
+    from credo.cli import expected_error_line
 
     try:
         main()
@@ -31,10 +31,10 @@ def run(main) -> None:
         sys.stderr.write("interrupted: finished work is kept; rerun the same command to resume\n")
         sys.exit(130)
     except Exception as err:
-        message = expected_error_message(err)
-        if message is None:
+        line = expected_error_line(err)
+        if line is None:
             raise
-        sys.stderr.write(f"credo: error: {' '.join(message.split())}\n")
+        sys.stderr.write(line)
         sys.exit(2)
 
 

@@ -145,6 +145,12 @@ def expected_error_message(err: BaseException) -> str | None:
     return None
 
 
+def expected_error_line(err: BaseException) -> str | None:
+    """``credo: error: <message>`` on one line for an expected failure, or None (a bug keeps its traceback)."""
+    message = expected_error_message(err)
+    return None if message is None else f"credo: error: {' '.join(message.split())}\n"
+
+
 def end_process_group() -> None:
     """Under ``torchrun``, end the job the way credo's own distributed tests do once the work is written: wait
     for every rank, destroy the process group, and (in a group of several processes) leave at once, before
@@ -188,10 +194,10 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write("interrupted: finished work is kept; rerun the same command to resume\n")
         return 130
     except Exception as err:
-        message = expected_error_message(err)
-        if message is None:
+        line = expected_error_line(err)
+        if line is None:
             raise
-        sys.stderr.write(f"credo: error: {' '.join(message.split())}\n")
+        sys.stderr.write(line)
         abandon_process_group(2)
         return 2
     return 0
