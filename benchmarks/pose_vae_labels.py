@@ -58,12 +58,12 @@ def step_speed(repeats: int = 5) -> dict:
     for eq in (True, False):
         cfg = PoseVAEMethodConfig(
             backbone=BackboneConfig(name="conv_resnet", in_shape=(1, 64, 64), num_outputs=3),
-            fit=FitConfig(epochs=0, progress=False),
+            fit=FitConfig(epochs=1, progress=False),
             equivariant=eq,
         )
         m = PoseVAEClassifier(cfg)
-        m.fit(ds.loader(64))  # zero epochs: sets the labelled pool
-        m._steps_per_epoch = 1
+        m.set_labelled_pool(ds.x, ds.y, steps_per_epoch=1)
+        m.model.train()
         methods[eq] = (m, torch.optim.Adam(m.model.parameters(), 1e-3))
     x = g.x[:64]
     for _ in range(repeats + 1):

@@ -143,16 +143,19 @@ class PoseVAEClassifier(UncertaintyMethod):
     def fit(self, train_loader, val_loader=None):
         """Collect the labelled pool from ``train_loader.dataset``, then train with the shared loop."""
         data = train_loader.dataset
-        votes = self.prepare_targets(torch.as_tensor(data.y), "the training set")
+        self.set_labelled_pool(torch.as_tensor(data.x), torch.as_tensor(data.y), len(train_loader))
+        return super().fit(train_loader, val_loader)
+
+    def set_labelled_pool(self, x: Tensor, y: Tensor, steps_per_epoch: int) -> None:
+        """The images whose targets carry votes (or a class index) become the pool each step draws its labelled
+        batch from; ``steps_per_epoch`` places the pre-train/fine-tune switch. :meth:`fit` calls this."""
+        votes = self.prepare_targets(y, "the training set")
         labelled = votes.sum(-1) > 0
         if not labelled.any() and self.config.regime != "semi-supervised":
-            raise ValueError(
-                f"{self.name}: the {self.config.regime} regime needs labelled images; none have votes"
-            )
-        self._pool_x = self.prepare_input(torch.as_tensor(data.x)[labelled], "the labelled pool")
+            raise ValueError(f"{self.name}: the {self.config.regime} regime needs labelled images; none have votes")
+        self._pool_x = self.prepare_input(x[labelled], "the labelled pool")
         self._pool_votes = votes[labelled]
-        self._steps_per_epoch = len(train_loader)
-        return super().fit(train_loader, val_loader)
+        self._steps_per_epoch = steps_per_epoch
 
     def _labelled_batch(self) -> tuple[Tensor, Tensor]:
         n = len(self._pool_x)
