@@ -3,7 +3,7 @@
 The paper (Nishikawa-Toomey, Smith & Gal) claims: (1) ET layers improve classification accuracy; (2) pre-training
 the classifier as part of a VAE on unlabelled images gives higher accuracy with fewer labels than supervised
 training. Here, on procedural galaxies (a stand-in for Galaxy Zoo 2; Galaxy Zoo itself cannot be had offline) and
-on rotated Fashion-MNIST, for 50, 100, 200, 500, 1,000 and all 20,000 labelled training images, 3 seeds each:
+on rotated Fashion-MNIST, for 50, 100, 200, 500, 1,000 and all 10,000 labelled training images, 3 seeds each:
 
 * ``pose-vae``: semi-supervised ET-VAE (the paper's model);
 * ``vae``: the same without the ET stack;
@@ -11,7 +11,7 @@ on rotated Fashion-MNIST, for 50, 100, 200, 500, 1,000 and all 20,000 labelled t
 * ``et-cnn``: supervised only, ET stack + the same encoder and head;
 * ``cnn-encoder``: supervised only, the same encoder and head (a plain CNN).
 
-Every method takes the same number of steps (``FULL_EPOCHS`` epochs over the 20,000 training images). Beside the
+Every method takes the same number of steps (``FULL_EPOCHS`` epochs over the 10,000 training images). Beside the
 curves: the test-set bound (nats per image) of the semi-supervised VAE with and without ET at 100 labels, the
 rotation the ET stack removes against the true angle (circular error after the best offset; modulo pi for the
 two-fold symmetric galaxies), and the speed of one training step of the ET-VAE over the VAE, side by side.
@@ -208,7 +208,7 @@ def plot(curves: dict, labels: list[str], path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    xs = [20_000 if c == "all" else int(c) for c in labels]
+    xs = [10_000 if c == "all" else int(c) for c in labels]
     fig, axes = plt.subplots(1, len(curves), figsize=(5.5 * len(curves), 4), squeeze=False)
     for ax, (data, by_method) in zip(axes[0], curves.items(), strict=True):
         for m, points in by_method.items():
@@ -216,7 +216,7 @@ def plot(curves: dict, labels: list[str], path) -> None:
             ses = [points[c]["se"] or 0.0 for c in labels]
             ax.errorbar(xs, means, yerr=ses, marker="o", capsize=3, label=m)
         ax.set_xscale("log")
-        ax.set_xlabel("labelled training images (all = 20,000)")
+        ax.set_xlabel("labelled training images (all = 10,000)")
         ax.set_ylabel("test accuracy")
         ax.set_title(data)
         ax.grid(alpha=0.3)

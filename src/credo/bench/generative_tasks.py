@@ -3,10 +3,10 @@ each at several numbers of labelled training images.
 
 * ``galaxies-<L>``: procedural galaxies (:mod:`credo.data.galaxies`, an honest stand-in for Galaxy Zoo 2; 64x64,
   one channel) with Galaxy Zoo 2's first question (smooth / features or disk / star or artifact). Training:
-  20,000 images, the vote counts of ``L`` of them kept; validation 1,000 and test 5,000 images scored against
+  10,000 images, the vote counts of ``L`` of them kept; validation 1,000 and test 5,000 images scored against
   their majority vote. ``galaxies`` is ``galaxies-100``.
 * ``rotated-fashion-mnist-<L>``: Fashion-MNIST padded to 36x36 and turned by a random angle per image
-  (:mod:`credo.data.rotated`). Training: 20,000 of the 60,000 training images, ``L`` labelled (a hard label is
+  (:mod:`credo.data.rotated`). Training: 10,000 of the 60,000 training images, ``L`` labelled (a hard label is
   one vote); validation 1,000 of the rest; test 5,000 of the 10,000 test images.
 
 ``L`` is one of :data:`LABEL_COUNTS` (``all`` keeps every label). Budgets: ``test`` (256 training images, one
@@ -25,10 +25,12 @@ from credo.nn import BackboneConfig
 from credo.uncertainty import FitConfig
 
 LABEL_COUNTS = ("50", "100", "200", "500", "1000", "all")
-GALAXY_SPLITS = {"train": 20_000, "val": 1_000, "test": 5_000}
+GALAXY_SPLITS = {"train": 10_000, "val": 1_000, "test": 5_000}
 GALAXY_SIZE = 64
 FMNIST_SIZE = 36
-FULL_EPOCHS = 10
+FULL_EPOCHS = 5
+"""Epochs of the full budget: 5 x 157 steps of 64 images; with 6 label counts, 5 methods, 3 seeds and two image sets
+the benchmark is about 4-5 hours on 2 cores."""
 
 
 def galaxy_data() -> TaskData:
@@ -44,13 +46,13 @@ def galaxy_data() -> TaskData:
 
 
 def rotated_fashion_mnist_data() -> TaskData:
-    """Rotated Fashion-MNIST: 20,000 training and 1,000 validation images from the training split, 5,000 test
+    """Rotated Fashion-MNIST: 10,000 training and 1,000 validation images from the training split, 5,000 test
     images from the test split (seeded subsets, stratified by class)."""
     from credo.data.rotated import load_rotated_fashion_mnist
 
     train_all, _ = load_rotated_fashion_mnist("train", FMNIST_SIZE, seed=0)
     test_all, _ = load_rotated_fashion_mnist("test", FMNIST_SIZE, seed=0)
-    tr, va, _ = split_indices(len(train_all), [20_000, 1_000], seed=0, labels=train_all.y)
+    tr, va, _ = split_indices(len(train_all), [10_000, 1_000], seed=0, labels=train_all.y)
     te, _ = split_indices(len(test_all), [5_000], seed=0, labels=test_all.y)
     return TaskData(
         train_all.subset(torch.from_numpy(tr)),
@@ -82,7 +84,7 @@ def galaxy_task(labels: str = "100") -> Task:
         description=(
             "Procedural galaxies (a stand-in for Galaxy Zoo 2, rendered from Sersic bulges, exponential disks, "
             "log-spiral arms, bars, edge-on disks, stars and satellite trails at random position angle, size "
-            f"and centre), Galaxy Zoo 2's first question, {labels} labelled training images of 20,000; scored "
+            f"and centre), Galaxy Zoo 2's first question, {labels} labelled training images of 10,000; scored "
             "against the majority vote."
         ),
     )
@@ -103,7 +105,7 @@ def rotated_fashion_mnist_task(labels: str = "100") -> Task:
         labelled=None if labels == "all" else int(labels),
         description=(
             f"Fashion-MNIST padded to {FMNIST_SIZE}x{FMNIST_SIZE} and turned by a random angle per image; "
-            f"{labels} labelled training images of 20,000."
+            f"{labels} labelled training images of 10,000."
         ),
     )
 

@@ -25,7 +25,7 @@ class GenerativeTrainCommand:
     equivariant: bool = True
     """Remove the pose with Equivariant Transformer layers before encoding."""
     budget: Literal["test", "demo", "full"] = "full"
-    """Data and epochs: test (256 images, 1 epoch), demo (4,000, 3 epochs), full (20,000, 10 epochs)."""
+    """Data and epochs: test (256 images, 1 epoch), demo (4,000, 3 epochs), full (10,000, 5 epochs)."""
     epochs: int = 0
     """Epochs; 0: the budget's."""
     seed: int = 0
