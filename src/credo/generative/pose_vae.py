@@ -61,6 +61,8 @@ class PoseVAEConfig:
     """Read the rotation modulo ``2 pi / m`` (2 for two-fold symmetric objects such as most galaxies)."""
     pose_hidden: int = 8
     """Channels of each pose CNN."""
+    pose_layers: int = 3
+    """3x3 convolutions in each pose CNN."""
     pose_resolution: int = 32
     """The translation layer's pose CNN runs on the image average-pooled to at most this side."""
     likelihood: Likelihood = "gaussian"
@@ -123,7 +125,7 @@ class PoseVAE(nn.Module):
         c, s, w = cfg.channels, cfg.image_size, cfg.width
         self.et = (
             EquivariantTransformerStack(
-                c, s, cfg.groups, hidden=cfg.pose_hidden, layers=3, kernel_size=3, angles=32,
+                c, s, cfg.groups, hidden=cfg.pose_hidden, layers=cfg.pose_layers, kernel_size=3, angles=32,
                 rotation_symmetry=cfg.rotation_symmetry, pool=max(1, s // cfg.pose_resolution),
                 radii=min(s // 2, cfg.pose_resolution // 2),
             )
