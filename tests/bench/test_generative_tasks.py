@@ -37,3 +37,14 @@ def test_rotated_fashion_mnist_hides_labels_as_minus_one():
     assert data.train.x.shape == (256, 1, 36, 36) and y.dtype == torch.int64
     assert int((y >= 0).sum()) == 100 and set(y[y < 0].tolist()) == {-1}
     assert data.test.y.min() >= 0
+
+
+def test_the_task_sets_the_pose_vaes_rotation_symmetry_and_overrides_still_win():
+    from credo.bench.methods import build_method, method_config_dict
+
+    assert method_config_dict("pose-vae", "galaxies-50", "test")["rotation_symmetry"] == 2
+    assert method_config_dict("cnn-encoder", "galaxies-50", "test")["equivariant"] is False
+    assert method_config_dict("pose-vae", "rotated-fashion-mnist-50", "test")["rotation_symmetry"] == 1
+    over = method_config_dict("pose-vae", "galaxies-50", "test", overrides={"rotation_symmetry": 4})
+    assert over["rotation_symmetry"] == 4
+    assert build_method("pose-vae", "galaxies-50", "test", 0).vae.et.rotation.symmetry == 2

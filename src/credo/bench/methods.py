@@ -4,7 +4,8 @@ A method's config is assembled in layers, each overriding the one before:
 
 1. the method's own config defaults (``credo.uncertainty.METHODS[...].Config()``);
 2. the task's backbone and fit config for the budget (:class:`credo.bench.tasks.Budget`); on a regression
-   task also its ``target_shape`` and the bench's quantile levels (0.05, 0.10, ..., 0.95);
+   task also its ``target_shape`` and the bench's quantile levels (0.05, 0.10, ..., 0.95); then the task's
+   ``method_config`` for the method (:attr:`credo.bench.tasks.Task.method_config`);
 3. the :class:`BenchMethod` entry: backbone changes (MC dropout's rate), config fields, per-budget fields;
 4. the caller's ``overrides`` (nested dicts for ``backbone`` and ``fit``, e.g. ``{"fit": {"epochs": 3}}``);
 5. the cell: ``fit.seed``, ``fit.checkpoint_dir``, ``fit.progress``.
@@ -278,6 +279,7 @@ def method_config_dict(
                 f"choose from {sorted(REGRESSION_BENCH_METHODS)}"
             )
         cfg.update(target_shape=list(task.target_shape), quantile_levels=list(REGRESSION_QUANTILE_LEVELS))
+    _merge(cfg, task.method_config.get(spec.method, {}))
     _merge(cfg, spec.config)
     _merge(cfg, spec.per_budget.get(budget, {}))
     _merge(cfg, overrides or {})

@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -101,6 +101,9 @@ class Task:
     """Regression only: shape of one target, e.g. () for a number, (64,) for a current profile."""
     description: str = ""
     """One paragraph for the report: what the data is, what the OOD and shifted sets are."""
+    method_config: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Config fields a registered method takes on this task, by method name (e.g. the pose VAE reads rotations
+    modulo pi on two-fold symmetric galaxies); applied before the bench entry's own fields and any overrides."""
     labelled: int | None = None
     """Semi-supervised tasks: keep the labels of this many training examples (a seeded subset, stratified by
     class) and mark the rest unlabelled, after any ``train_size`` subsetting (see :func:`hide_labels`);
