@@ -152,7 +152,9 @@ class PoseVAEClassifier(UncertaintyMethod):
         votes = self.prepare_targets(y, "the training set")
         labelled = votes.sum(-1) > 0
         if not labelled.any() and self.config.regime != "semi-supervised":
-            raise ValueError(f"{self.name}: the {self.config.regime} regime needs labelled images; none have votes")
+            raise ValueError(
+                f"{self.name}: the {self.config.regime} regime needs labelled images; none have votes"
+            )
         self._pool_x = self.prepare_input(x[labelled], "the labelled pool")
         self._pool_votes = votes[labelled]
         self._steps_per_epoch = steps_per_epoch

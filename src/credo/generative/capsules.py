@@ -1,0 +1,246 @@
+"""Capsules as a probabilistic generative model of point sets, and its variational bound.
+
+Smith, Schut, Gal & van der Wilk, "Capsule networks - a probabilistic perspective" (2020): write the capsule
+assumptions as a generative model, separate from any inference network, and bound its likelihood. For 2-D
+points (the constellations of Stacked Capsule Autoencoders), with ``K`` object capsules of ``N`` parts each:
+
+    a_k ~ Bernoulli(pi_k)                                   presence of object k
+    p_k = (alpha_k, beta_k, tx_k, ty_k) ~ N(0, diag(s_ab^2, s_ab^2, s_t^2, s_t^2))
+    A_k = [[alpha_k, -beta_k, tx_k], [beta_k, alpha_k, ty_k], [0, 0, 1]]      a similarity transform
+    x_m | a, A ~ [ sum_k a_k (1/N) sum_n N(x_m; A_k m_kn, sigma^2 I) + c U(box) ] / (sum_k a_k + c)
+
+for every observed point ``x_m`` independently (its part, or clutter, is a categorical choice summed out
+exactly): every present object's parts share its weight, and clutter has the constant weight ``c``, so with
+``j`` objects present a point is clutter with probability ``c / (j + c)``, and with none present every point is.
+``m_kn`` are the learned part positions of object type ``k``, ``sigma`` a learned point noise. With
+``(alpha, beta)`` Gaussian, the rotation ``atan2(beta, alpha)`` is uniform and the scale ``sqrt(alpha^2 + beta^2)``
+Rayleigh. The weights are smooth in ``a``, so a relaxed presence in (0, 1) is a partly present object.
+
+The bound, per example, with ``q(a_k) = Bernoulli(rho_k)`` and ``q(p_k) = N(mu_k, diag sd_k^2)``:
+
+    ELBO = E_q [log p(X | a, A)] - sum_k KL(Bern(rho_k) || Bern(pi_k)) - sum_k KL(q(p_k) || p(p_k)),
+
+both KLs in closed form. The expectation is estimated with ``samples`` draws: poses reparameterised; presences
+either drawn exactly (``relaxed=False``; the estimator is unbiased, but gives no gradient to ``rho``) or from
+the binary concrete relaxation at ``temperature`` (``relaxed=True``, used in training; its values in (0, 1)
+weigh the mixture, so the bound is then that of the relaxed model). :meth:`CapsuleModel.importance_bound`
+(exact presences) is the importance-weighted bound ``log (1/S) sum_s p(X, a_s, p_s) / q(a_s, p_s)``, which
+rises to ``log p(X)`` as ``S`` grows.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+LOG_2PI = math.log(2 * math.pi)
+
+
+@dataclass
+class CapsuleConfig:
+    """The generative model's shape and fixed hyperparameters."""
+
+    num_objects: int = 4
+    """``K``: object capsules."""
+    parts_per_object: int = 5
+    """``N``: parts of every object capsule."""
+    pose_prior_ab: float = 0.6
+    """``s_ab``: prior standard deviation of ``(alpha, beta)`` (rotation uniform, scale Rayleigh(s_ab))."""
+    pose_prior_translation: float = 1.0
+    """``s_t``: prior standard deviation of the translation."""
+    clutter_weight: float = 0.01
+    """``c``: the (unnormalised) weight of the uniform clutter component, against 1 per present object."""
+    clutter_extent: float = 3.0
+    """The clutter component is uniform on ``[-extent, extent]^2``."""
+    min_noise: float = 0.01
+    """Floor on the point noise ``sigma``."""
+
+    def __post_init__(self) -> None:
+        if self.num_objects < 1 or self.parts_per_object < 1:
+            raise ValueError(
+                f"need num_objects >= 1 and parts_per_object >= 1, got {self.num_objects} and {self.parts_per_object}"
+            )
+        if not self.clutter_weight > 0:
+            raise ValueError(f"clutter_weight must be > 0, got {self.clutter_weight}")
+
+
+@dataclass
+class CapsulePosterior:
+    """Per-example variational parameters: ``presence_logit`` ``[B, K]`` (``rho = sigmoid``), ``pose_mean`` and
+    ``pose_logvar`` ``[B, K, 4]`` over ``(alpha, beta, tx, ty)``."""
+
+    presence_logit: Tensor
+    pose_mean: Tensor
+    pose_logvar: Tensor
+
+    def detach(self) -> CapsulePosterior:
+        return CapsulePosterior(
+            self.presence_logit.detach(), self.pose_mean.detach(), self.pose_logvar.detach()
+        )
+
+
+def pose_matrix(p: Tensor) -> Tensor:
+    """``[..., 4]`` ``(alpha, beta, tx, ty)`` -> ``[..., 3, 3]`` homogeneous similarity transform."""
+    a, b, tx, ty = p.unbind(-1)
+    zero, one = torch.zeros_like(a), torch.ones_like(a)
+    return torch.stack(
+        (torch.stack((a, -b, tx), -1), torch.stack((b, a, ty), -1), torch.stack((zero, zero, one), -1)), -2
+    )
+
+
+def check_points(points: Tensor, mask: Tensor | None = None) -> Tensor:
+    """``points`` ``[B, M, 2]`` with a mask ``[B, M]`` (all True if None), or a ValueError naming the problem."""
+    if points.dim() != 3 or points.shape[-1] != 2:
+        raise ValueError(f"points must be [B, M, 2] (2-D point sets), got shape {tuple(points.shape)}")
+    if mask is None:
+        mask = torch.ones(points.shape[:2], dtype=torch.bool, device=points.device)
+    if mask.shape != points.shape[:2]:
+        raise ValueError(f"mask must be [B, M] = {tuple(points.shape[:2])}, got {tuple(mask.shape)}")
+    if not torch.isfinite(points[mask]).all():
+        raise ValueError("points contain NaN or infinite values; drop or mask those points")
+    return mask
+
+
+class CapsuleModel(nn.Module):
+    """The generative model above: learned part positions ``m_kn``, presence prior logits, point noise."""
+
+    def __init__(self, cfg: CapsuleConfig):
+        super().__init__()
+        self.cfg = cfg
+        k, n = cfg.num_objects, cfg.parts_per_object
+        self.parts = nn.Parameter(torch.randn(k, n, 2) * 0.8)
+        self.presence_prior_logit = nn.Parameter(torch.zeros(k))
+        self.log_noise = nn.Parameter(torch.tensor(math.log(0.1)))
+
+    @property
+    def noise(self) -> Tensor:
+        return self.cfg.min_noise + torch.exp(self.log_noise)
+
+    def part_positions(self, pose: Tensor) -> Tensor:
+        """``[..., K, 4]`` pose parameters -> ``[..., K, N, 2]`` where each object's parts land."""
+        a = pose_matrix(pose)
+        return self.parts @ a[..., :2, :2].transpose(-1, -2) + a[..., None, :2, 2]
+
+    def log_likelihood(self, points: Tensor, mask: Tensor, presence: Tensor, pose: Tensor) -> Tensor:
+        """``log p(X | a, A)`` ``[...]`` for points ``[B, M, 2]`` (mask ``[B, M]``) and presences ``[..., B, K]``
+        (0/1, or relaxed in (0, 1)) with poses ``[..., B, K, 4]``; the assignments summed out exactly."""
+        cfg = self.cfg
+        n = cfg.parts_per_object
+        centres = self.part_positions(pose).flatten(-3, -2)  # [..., B, K*N, 2]
+        sigma = self.noise
+        d2 = (points[..., :, None, :] - centres[..., None, :, :]).square().sum(-1)  # [..., B, M, K*N]
+        log_gauss = -0.5 * d2 / sigma**2 - 2 * torch.log(sigma) - LOG_2PI
+        denom = presence.sum(-1, keepdim=True) + cfg.clutter_weight  # [..., B, 1]
+        log_w = (torch.log(presence.clamp_min(1e-30)) - math.log(n)).repeat_interleave(n, -1) - torch.log(
+            denom
+        )
+        log_w = torch.where(presence.repeat_interleave(n, -1) > 0, log_w, torch.full_like(log_w, -math.inf))
+        log_clutter = (
+            math.log(cfg.clutter_weight) - torch.log(denom) - math.log((2 * cfg.clutter_extent) ** 2)
+        )
+        clutter_column = log_clutter[..., None, :].expand(*log_gauss.shape[:-1], 1)
+        per_point = torch.logsumexp(
+            torch.cat([log_gauss + log_w[..., None, :], clutter_column], -1), -1
+        )  # [..., B, M]
+        return (per_point * mask).sum(-1)
+
+    # -- priors and KLs ------------------------------------------------------------------------------------
+    def pose_prior_sd(self, like: Tensor) -> Tensor:
+        c = self.cfg
+        return like.new_tensor(
+            [c.pose_prior_ab, c.pose_prior_ab, c.pose_prior_translation, c.pose_prior_translation]
+        )
+
+    def kl_pose(self, q: CapsulePosterior) -> Tensor:
+        """``[B]`` ``sum_k KL(N(mu_k, diag e^logvar_k) || N(0, diag prior_sd^2))``."""
+        sd = self.pose_prior_sd(q.pose_mean)
+        var_ratio = q.pose_logvar.exp() / sd**2
+        return 0.5 * (var_ratio + q.pose_mean.square() / sd**2 - 1 - torch.log(var_ratio)).sum((-1, -2))
+
+    def kl_presence(self, q: CapsulePosterior) -> Tensor:
+        """``[B]`` ``sum_k KL(Bernoulli(rho_k) || Bernoulli(pi_k))``."""
+        log_rho, log_1m_rho = F.logsigmoid(q.presence_logit), F.logsigmoid(-q.presence_logit)
+        log_pi, log_1m_pi = F.logsigmoid(self.presence_prior_logit), F.logsigmoid(-self.presence_prior_logit)
+        rho = torch.sigmoid(q.presence_logit)
+        return (rho * (log_rho - log_pi) + (1 - rho) * (log_1m_rho - log_1m_pi)).sum(-1)
+
+    # -- the bounds ----------------------------------------------------------------------------------------
+    def sample_posterior(
+        self, q: CapsulePosterior, samples: int, relaxed: bool, temperature: float = 0.5
+    ) -> tuple[Tensor, Tensor]:
+        """``samples`` draws of ``(presence [S, B, K], pose [S, B, K, 4])`` from ``q`` (see the module)."""
+        eps = torch.randn((samples, *q.pose_mean.shape), dtype=q.pose_mean.dtype, device=q.pose_mean.device)
+        pose = q.pose_mean + torch.exp(0.5 * q.pose_logvar) * eps
+        u = torch.rand((samples, *q.presence_logit.shape), dtype=q.pose_mean.dtype, device=q.pose_mean.device)
+        if relaxed:
+            logistic = torch.log(u.clamp_min(1e-12)) - torch.log1p(-u.clamp(max=1 - 1e-7))
+            presence = torch.sigmoid((q.presence_logit + logistic) / temperature)
+        else:
+            presence = (u < torch.sigmoid(q.presence_logit)).to(q.pose_mean.dtype)
+        return presence, pose
+
+    def elbo(
+        self,
+        points: Tensor,
+        q: CapsulePosterior,
+        mask: Tensor | None = None,
+        samples: int = 1,
+        relaxed: bool = True,
+        temperature: float = 0.5,
+    ) -> Tensor:
+        """``[B]`` the evidence lower bound per example (see the module for the estimator)."""
+        mask = check_points(points, mask)
+        presence, pose = self.sample_posterior(q, samples, relaxed, temperature)
+        expected = self.log_likelihood(points, mask, presence, pose).mean(0)
+        return expected - self.kl_presence(q) - self.kl_pose(q)
+
+    @torch.no_grad()
+    def importance_bound(
+        self, points: Tensor, q: CapsulePosterior, mask: Tensor | None = None, samples: int = 256
+    ):
+        """``[B]`` ``log (1/S) sum_s p(X, a_s, p_s) / q(a_s, p_s)`` with exact presence draws."""
+        mask = check_points(points, mask)
+        presence, pose = self.sample_posterior(q, samples, relaxed=False)
+        log_lik = self.log_likelihood(points, mask, presence, pose)
+        sd = self.pose_prior_sd(pose)
+        log_prior_pose = (-0.5 * (pose / sd).square() - torch.log(sd) - 0.5 * LOG_2PI).sum((-1, -2))
+        std = torch.exp(0.5 * q.pose_logvar)
+        log_q_pose = (-0.5 * ((pose - q.pose_mean) / std).square() - torch.log(std) - 0.5 * LOG_2PI).sum(
+            (-1, -2)
+        )
+        log_prior_a = (presence * F.logsigmoid(self.presence_prior_logit)
+                       + (1 - presence) * F.logsigmoid(-self.presence_prior_logit)).sum(-1)  # fmt: skip
+        log_q_a = (
+            presence * F.logsigmoid(q.presence_logit) + (1 - presence) * F.logsigmoid(-q.presence_logit)
+        ).sum(-1)
+        log_w = log_lik + log_prior_pose + log_prior_a - log_q_pose - log_q_a
+        return torch.logsumexp(log_w, 0) - math.log(samples)
+
+    @torch.no_grad()
+    def assignments(
+        self, points: Tensor, q: CapsulePosterior, mask: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """At the posterior mean (presences ``rho > 1/2``, poses ``mu``): each point's most probable object
+        ``[B, M]`` (-1 for clutter) and part within it ``[B, M]``."""
+        mask = check_points(points, mask)
+        cfg = self.cfg
+        presence = (torch.sigmoid(q.presence_logit) > 0.5).to(points.dtype)
+        centres = self.part_positions(q.pose_mean).flatten(-3, -2)
+        d2 = (points[..., :, None, :] - centres[..., None, :, :]).square().sum(-1)
+        sigma = self.noise
+        weight = (presence / cfg.parts_per_object).repeat_interleave(cfg.parts_per_object, -1)
+        score = -0.5 * d2 / sigma**2 + torch.log(weight.clamp_min(1e-30))[..., None, :]
+        score = torch.where(weight[..., None, :] > 0, score, torch.full_like(score, -math.inf))
+        # a part's log weight x density is score - 2 log sigma - log 2 pi (the shared 1 / denominator cancels);
+        # clutter's is log c - log area
+        area = (2 * cfg.clutter_extent) ** 2
+        clutter = math.log(cfg.clutter_weight) - math.log(area) + 2 * torch.log(sigma) + LOG_2PI
+        best = score.argmax(-1)
+        is_clutter = score.max(-1).values < clutter
+        obj = torch.where(is_clutter | ~mask, -1, best // cfg.parts_per_object)
+        part = torch.where(is_clutter | ~mask, -1, best % cfg.parts_per_object)
+        return obj, part
