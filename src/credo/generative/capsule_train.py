@@ -1,0 +1,165 @@
+"""Training the capsule model and its amortised encoder together on constellations, resumably.
+
+Each step maximises the relaxed ELBO (one pose draw, binary-concrete presences at ``temperature``) of a batch,
+averaged per example, with respect to the generative model's parameters and the encoder's. The training set is
+``train_examples`` constellations drawn once from ``seed``; batches follow a permutation per epoch seeded by
+``seed + epoch``. Every ``checkpoint_every`` steps the model, encoder, optimiser, step and RNG state go into one
+sealed file, so a killed run resumes exactly where it stopped.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from credo.data.constellations import Constellations, generate_constellations
+from credo.errors import CheckpointError
+from credo.generative.capsule_inference import SetEncoder
+from credo.generative.capsules import CapsuleConfig, CapsuleModel
+from credo.io import load_torch_sealed, save_torch_sealed, write_json
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ConstellationData:
+    """How the constellations are drawn (see :func:`credo.data.constellations.generate_constellations`)."""
+
+    rotation_degrees: float = 180.0
+    """Rotations uniform in [-this, this] degrees."""
+    presence: float = 0.75
+    missing: float = 0.0
+    clutter: float = 0.0
+    noise: float = 0.0
+
+    def generate(self, n: int, seed: int) -> Constellations:
+        r = math.radians(self.rotation_degrees)
+        return generate_constellations(
+            n, presence=self.presence, rotation=(-r, r), missing=self.missing, clutter=self.clutter,
+            noise=self.noise, seed=seed,
+        )  # fmt: skip
+
+
+@dataclass
+class CapsuleTrainConfig:
+    """Train a capsule model and its set encoder on constellations."""
+
+    out: str = ""
+    """Output directory: model.pt (weights and config) and checkpoint.pt."""
+    num_objects: int = 4
+    parts_per_object: int = 5
+    hidden: int = 128
+    """Width of the set encoder."""
+    data: ConstellationData = field(default_factory=ConstellationData)
+    """How the training constellations are drawn."""
+    train_examples: int = 20_000
+    batch_size: int = 128
+    steps: int = 5_000
+    lr: float = 1e-3
+    temperature: float = 0.5
+    seed: int = 0
+    checkpoint_every: int = 500
+
+    def __post_init__(self) -> None:
+        if isinstance(self.data, dict):
+            self.data = ConstellationData(**self.data)
+        if self.steps < 1 or self.batch_size < 1 or self.train_examples < self.batch_size:
+            raise ValueError(
+                f"need steps >= 1, batch_size >= 1 and train_examples >= batch_size; got {self.steps}, "
+                f"{self.batch_size}, {self.train_examples}"
+            )
+
+
+@dataclass
+class TrainedCapsules:
+    model: CapsuleModel
+    encoder: SetEncoder
+    history: list[float]
+    """Mean training ELBO per example, every ``checkpoint_every`` steps."""
+
+
+def build(cfg: CapsuleTrainConfig) -> tuple[CapsuleModel, SetEncoder]:
+    torch.manual_seed(cfg.seed)
+    model = CapsuleModel(CapsuleConfig(num_objects=cfg.num_objects, parts_per_object=cfg.parts_per_object))
+    return model, SetEncoder(cfg.num_objects, cfg.hidden)
+
+
+def train_capsules(cfg: CapsuleTrainConfig) -> TrainedCapsules:
+    """Train (or resume) per ``cfg``; writes ``<out>/model.pt`` at the end."""
+    if not cfg.out:
+        raise ValueError("name an output directory (out)")
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    data = cfg.data.generate(cfg.train_examples, cfg.seed)
+    model, encoder = build(cfg)
+    params = list(model.parameters()) + list(encoder.parameters())
+    opt = torch.optim.Adam(params, lr=cfg.lr)
+    ckpt = out / "checkpoint.pt"
+    step, history = 0, []
+    fingerprint = asdict(cfg)
+    fingerprint.pop("out")
+    if ckpt.exists():
+        state = load_torch_sealed(ckpt, f"delete {ckpt} to train from scratch")
+        if state["config"] != fingerprint:
+            raise CheckpointError(
+                f"{ckpt} was written for another configuration; delete {out} or choose another --out"
+            )
+        model.load_state_dict(state["model"])
+        encoder.load_state_dict(state["encoder"])
+        opt.load_state_dict(state["optimizer"])
+        step, history = state["step"], state["history"]
+        torch.set_rng_state(state["rng"])
+        log.info("resuming capsules from %s at step %d/%d", ckpt, step, cfg.steps)
+    per_epoch = cfg.train_examples // cfg.batch_size
+    while step < cfg.steps:
+        epoch, i = divmod(step, per_epoch)
+        order = torch.randperm(cfg.train_examples, generator=torch.Generator().manual_seed(cfg.seed + epoch))
+        index = order[i * cfg.batch_size : (i + 1) * cfg.batch_size]
+        x, mask = data.points[index], data.mask[index]
+        q = encoder(x, mask)
+        elbo = model.elbo(x, q, mask, samples=1, relaxed=True, temperature=cfg.temperature)
+        loss = -elbo.mean()
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"the capsule ELBO became {float(loss)} at step {step}; lower --lr (now {cfg.lr:g}) and delete {out}"
+            )
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        step += 1
+        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+            history.append(float(elbo.mean()))
+            log.info("capsules step %d/%d: ELBO %.3f per example", step, cfg.steps, history[-1])
+            save_torch_sealed(
+                ckpt,
+                {
+                    "config": fingerprint,
+                    "model": model.state_dict(),
+                    "encoder": encoder.state_dict(),
+                    "optimizer": opt.state_dict(),
+                    "step": step,
+                    "history": history,
+                    "rng": torch.get_rng_state(),
+                },
+            )
+    save_torch_sealed(
+        out / "model.pt",
+        {"config": fingerprint, "model": model.state_dict(), "encoder": encoder.state_dict()},
+    )
+    write_json(out / "training.json", {"config": fingerprint, "elbo_history": history})
+    return TrainedCapsules(model, encoder, history)
+
+
+def load_capsules(out: str | Path) -> tuple[CapsuleTrainConfig, CapsuleModel, SetEncoder]:
+    """The config, model and encoder saved by :func:`train_capsules` in ``out``."""
+    path = Path(out) / "model.pt"
+    state = load_torch_sealed(path, f"train again into {Path(out)}")
+    cfg = CapsuleTrainConfig(out=str(out), **state["config"])
+    model, encoder = build(cfg)
+    model.load_state_dict(state["model"])
+    encoder.load_state_dict(state["encoder"])
+    return cfg, model.eval(), encoder.eval()
