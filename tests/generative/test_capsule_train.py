@@ -28,7 +28,7 @@ def test_training_raises_the_bound_and_the_saved_model_loads(tmp_path):
 def test_an_interrupted_run_resumes_to_the_same_weights(tmp_path, monkeypatch):
     straight = train_capsules(cfg(tmp_path / "s"))
     calls = {"n": 0}
-    original = CapsuleModel.elbo
+    original = CapsuleModel.elbo_enumerated
 
     def interrupt(self, *args, **kw):
         calls["n"] += 1
@@ -36,7 +36,7 @@ def test_an_interrupted_run_resumes_to_the_same_weights(tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return original(self, *args, **kw)
 
-    monkeypatch.setattr(CapsuleModel, "elbo", interrupt)
+    monkeypatch.setattr(CapsuleModel, "elbo_enumerated", interrupt)
     with pytest.raises(KeyboardInterrupt):
         train_capsules(cfg(tmp_path / "r"))
     monkeypatch.undo()

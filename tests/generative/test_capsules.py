@@ -212,3 +212,20 @@ def test_bad_configs_are_refused():
         CapsuleConfig(num_objects=0)
     with pytest.raises(ValueError, match="clutter_weight"):
         CapsuleConfig(clutter_weight=0.0)
+
+
+def test_the_enumerated_presence_expectation_equals_the_average_of_sampled_presences():
+    """Same pose draws: the exact sum over presence vectors against 200,000 exact presence samples."""
+    m = model(k=3, n=2)
+    x = f64(2, 5, 2)
+    q = CapsulePosterior(f64(2, 3), f64(2, 3, 4) * 0.5, f64(2, 3, 4, fill=-3.0))
+    eps = torch.randn(1, 2, 3, 4, dtype=torch.float64)
+    exact = m.elbo_enumerated(x, q, eps=eps)
+    torch.manual_seed(0)
+    u = torch.rand(200_000, 2, 3, dtype=torch.float64)
+    presence = (u < torch.sigmoid(q.presence_logit)).double()
+    pose = q.pose_mean + torch.exp(0.5 * q.pose_logvar) * eps[0]
+    lik = m.log_likelihood(x, torch.ones(2, 5, dtype=torch.bool), presence, pose.expand(200_000, -1, -1, -1))
+    sampled = lik.mean(0) - m.kl_presence(q) - m.kl_pose(q)
+    se = lik.std(0) / math.sqrt(200_000)
+    assert ((exact - sampled).abs() < 4 * se + 1e-9).all()

@@ -6,16 +6,15 @@ parameters for every object capsule (presence logits ``[K]``, pose means and log
 
 Test-time optimisation (the paper's fix for the amortisation gap, :func:`refine_posterior`) starts from the
 encoder's ``q`` and takes ``steps`` Adam steps on each example's own variational parameters, the generative
-model frozen, all examples in one batch. The objective is the ELBO estimated on a FIXED set of noise draws
-(common random numbers: the same pose ``eps`` and presence logistic noise at every step), so it is a
-deterministic function of the parameters; each example keeps the best parameters seen, so the returned bound
-on those draws is never below the start.
+model frozen, all examples in one batch. The objective is the ELBO with the presences summed out exactly
+(:meth:`CapsuleModel.elbo_enumerated`) and the poses on a FIXED set of draws (common random numbers: the same
+``eps`` at every step), so it is a deterministic function of the parameters; each example keeps the best
+parameters seen, so the returned bound on those draws is never below the start.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
@@ -34,6 +33,8 @@ class SetEncoder(nn.Module):
             nn.Linear(2 * hidden, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(),
             nn.Linear(hidden, num_objects * 9),
         )  # fmt: skip
+        with torch.no_grad():  # start every pose at scale ~0.75 (alpha), not at the degenerate scale 0
+            self.rho[-1].bias.view(num_objects, 9)[:, 1] += 0.75
 
     def forward(self, points: Tensor, mask: Tensor | None = None) -> CapsulePosterior:
         mask = check_points(points, mask)
@@ -45,35 +46,11 @@ class SetEncoder(nn.Module):
         return CapsulePosterior(out[..., 0], out[..., 1:5], out[..., 5:9].clamp(-12, 4))
 
 
-@dataclass
-class FixedNoise:
-    """Draws reused at every step: pose ``eps`` ``[S, B, K, 4]`` and presence logistic noise ``[S, B, K]``."""
-
-    eps: Tensor
-    logistic: Tensor
-
-    @staticmethod
-    def draw(q: CapsulePosterior, samples: int, generator: torch.Generator | None = None) -> FixedNoise:
-        shape = (samples, *q.pose_mean.shape)
-        eps = torch.randn(shape, generator=generator, dtype=q.pose_mean.dtype)
-        u = torch.rand(shape[:-1], generator=generator, dtype=q.pose_mean.dtype).clamp(1e-7, 1 - 1e-7)
-        return FixedNoise(eps.to(q.pose_mean.device), (torch.log(u) - torch.log1p(-u)).to(q.pose_mean.device))
-
-
-def elbo_fixed_noise(
-    model: CapsuleModel,
-    points: Tensor,
-    mask: Tensor,
-    q: CapsulePosterior,
-    noise: FixedNoise,
-    temperature: float = 0.5,
-) -> Tensor:
-    """``[B]`` the relaxed ELBO estimated on ``noise``: ``mean_s log p(X | a_s, A_s) - KL_presence - KL_pose``
-    with ``p_s = mu + sd * eps_s`` and ``a_s = sigmoid((logit + L_s) / temperature)``."""
-    pose = q.pose_mean + torch.exp(0.5 * q.pose_logvar) * noise.eps
-    presence = torch.sigmoid((q.presence_logit + noise.logistic) / temperature)
-    expected = model.log_likelihood(points, mask, presence, pose).mean(0)
-    return expected - model.kl_presence(q) - model.kl_pose(q)
+def fixed_pose_draws(q: CapsulePosterior, samples: int, seed: int) -> Tensor:
+    """Standard-normal pose draws ``[S, B, K, 4]`` from a generator seeded with ``seed``."""
+    g = torch.Generator().manual_seed(seed)
+    eps = torch.randn((samples, *q.pose_mean.shape), generator=g, dtype=q.pose_mean.dtype)
+    return eps.to(q.pose_mean.device)
 
 
 def refine_posterior(
@@ -84,7 +61,6 @@ def refine_posterior(
     mask: Tensor | None = None,
     lr: float = 0.05,
     samples: int = 8,
-    temperature: float = 0.5,
     seed: int = 0,
     record: tuple[int, ...] = (),
 ) -> tuple[CapsulePosterior, dict[int, Tensor]]:
@@ -94,7 +70,7 @@ def refine_posterior(
     if steps < 0:
         raise ValueError(f"steps must be >= 0, got {steps}")
     mask = check_points(points, mask)
-    noise = FixedNoise.draw(q, samples, torch.Generator().manual_seed(seed))
+    eps = fixed_pose_draws(q, samples, seed)
     params = [t.detach().clone().requires_grad_(True) for t in (q.presence_logit, q.pose_mean, q.pose_logvar)]
     best = [t.detach().clone() for t in params]
     was = [p.requires_grad for p in model.parameters()]
@@ -105,7 +81,7 @@ def refine_posterior(
     try:
         best_value = torch.full((len(points),), -math.inf, dtype=points.dtype, device=points.device)
         for step in range(steps + 1):
-            value = elbo_fixed_noise(model, points, mask, CapsulePosterior(*params), noise, temperature)
+            value = model.elbo_enumerated(points, CapsulePosterior(*params), mask, eps=eps)
             with torch.no_grad():
                 better = value > best_value
                 best_value = torch.where(better, value, best_value)

@@ -1,6 +1,6 @@
 """Training the capsule model and its amortised encoder together on constellations, resumably.
 
-Each step maximises the relaxed ELBO (one pose draw, binary-concrete presences at ``temperature``) of a batch,
+Each step maximises the ELBO (one pose draw; presences summed out exactly, or one binary-concrete draw) of a batch,
 averaged per example, with respect to the generative model's parameters and the encoder's. The training set is
 ``train_examples`` constellations drawn once from ``seed``; batches follow a permutation per epoch seeded by
 ``seed + epoch``. Every ``checkpoint_every`` steps the model, encoder, optimiser, step and RNG state go into one
@@ -13,6 +13,7 @@ import logging
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import torch
 
@@ -60,6 +61,9 @@ class CapsuleTrainConfig:
     batch_size: int = 128
     steps: int = 5_000
     lr: float = 1e-3
+    presences: Literal["enumerate", "relaxed"] = "enumerate"
+    """How the ELBO's expectation over presences is taken: summed exactly over the 2^K presence vectors, or
+    by one binary-concrete draw at ``temperature``."""
     temperature: float = 0.5
     seed: int = 0
     checkpoint_every: int = 500
@@ -121,7 +125,10 @@ def train_capsules(cfg: CapsuleTrainConfig) -> TrainedCapsules:
         index = order[i * cfg.batch_size : (i + 1) * cfg.batch_size]
         x, mask = data.points[index], data.mask[index]
         q = encoder(x, mask)
-        elbo = model.elbo(x, q, mask, samples=1, relaxed=True, temperature=cfg.temperature)
+        if cfg.presences == "enumerate":
+            elbo = model.elbo_enumerated(x, q, mask, samples=1)
+        else:
+            elbo = model.elbo(x, q, mask, samples=1, relaxed=True, temperature=cfg.temperature)
         loss = -elbo.mean()
         if not torch.isfinite(loss):
             raise FloatingPointError(
@@ -132,7 +139,7 @@ def train_capsules(cfg: CapsuleTrainConfig) -> TrainedCapsules:
         opt.step()
         step += 1
         if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-            history.append(float(elbo.mean()))
+            history.append(float(elbo.detach().mean()))
             log.info("capsules step %d/%d: ELBO %.3f per example", step, cfg.steps, history[-1])
             save_torch_sealed(
                 ckpt,

@@ -114,7 +114,8 @@ class CapsuleModel(nn.Module):
         k, n = cfg.num_objects, cfg.parts_per_object
         self.parts = nn.Parameter(torch.randn(k, n, 2) * 0.8)
         self.presence_prior_logit = nn.Parameter(torch.zeros(k))
-        self.log_noise = nn.Parameter(torch.tensor(math.log(0.1)))
+        # a broad start lets badly placed parts still explain points better than clutter; training narrows it
+        self.log_noise = nn.Parameter(torch.tensor(math.log(0.5)))
 
     @property
     def noise(self) -> Tensor:
@@ -142,10 +143,9 @@ class CapsuleModel(nn.Module):
         log_clutter = (
             math.log(cfg.clutter_weight) - torch.log(denom) - math.log((2 * cfg.clutter_extent) ** 2)
         )
-        clutter_column = log_clutter[..., None, :].expand(*log_gauss.shape[:-1], 1)
-        per_point = torch.logsumexp(
-            torch.cat([log_gauss + log_w[..., None, :], clutter_column], -1), -1
-        )  # [..., B, M]
+        parts = log_gauss + log_w[..., None, :]  # [..., B, M, K*N], broadcast over presence and pose draws
+        clutter_column = log_clutter[..., None, :].expand(*parts.shape[:-1], 1)
+        per_point = torch.logsumexp(torch.cat([parts, clutter_column], -1), -1)  # [..., B, M]
         return (per_point * mask).sum(-1)
 
     # -- priors and KLs ------------------------------------------------------------------------------------
@@ -196,6 +196,35 @@ class CapsuleModel(nn.Module):
         mask = check_points(points, mask)
         presence, pose = self.sample_posterior(q, samples, relaxed, temperature)
         expected = self.log_likelihood(points, mask, presence, pose).mean(0)
+        return expected - self.kl_presence(q) - self.kl_pose(q)
+
+    def elbo_enumerated(
+        self,
+        points: Tensor,
+        q: CapsulePosterior,
+        mask: Tensor | None = None,
+        samples: int = 1,
+        eps: Tensor | None = None,
+    ) -> Tensor:
+        """``[B]`` the ELBO with the expectation over presences computed exactly, as the sum over all ``2^K``
+        presence vectors weighted by ``q(a) = prod_k rho_k^a_k (1 - rho_k)^(1 - a_k)``, and over poses by
+        ``samples`` reparameterised draws (or the given standard-normal ``eps`` ``[S, B, K, 4]``). Unbiased,
+        with gradients to every parameter of ``q``; for ``K <= 10``."""
+        mask = check_points(points, mask)
+        k = self.cfg.num_objects
+        if k > 10:
+            raise ValueError(f"enumerating 2^{k} presence vectors is too many; use elbo(..., relaxed=True)")
+        if eps is None:
+            eps = torch.randn(
+                (samples, *q.pose_mean.shape), dtype=q.pose_mean.dtype, device=q.pose_mean.device
+            )
+        pose = q.pose_mean + torch.exp(0.5 * q.pose_logvar) * eps  # [S, B, K, 4]
+        configs = torch.cartesian_prod(*[torch.tensor([0.0, 1.0], dtype=points.dtype)] * k).reshape(-1, k)
+        configs = configs.to(points.device)  # [C, K]
+        log_lik = self.log_likelihood(points, mask, configs[:, None, None, :], pose[None])  # [C, S, B]
+        log_rho, log_1m = F.logsigmoid(q.presence_logit), F.logsigmoid(-q.presence_logit)  # [B, K]
+        log_q = configs @ log_rho.T + (1 - configs) @ log_1m.T  # [C, B]
+        expected = (log_q.exp() * log_lik.mean(1)).sum(0)
         return expected - self.kl_presence(q) - self.kl_pose(q)
 
     @torch.no_grad()

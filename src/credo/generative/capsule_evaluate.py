@@ -1,0 +1,70 @@
+"""How well a trained capsule model explains constellations, against the generator's truth.
+
+* Bounds per example: the ELBO (exact presence draws) and the importance-weighted bound, for the encoder's q
+  and after test-time refinement.
+* Part-to-object assignment: each real point's most probable object capsule at the posterior mean
+  (:meth:`CapsuleModel.assignments`) against the pattern that drew it, scored by the adjusted Rand index over
+  the example's points (clutter counted as its own group on both sides), averaged over examples with at least
+  two points.
+* Unsupervised object classification: capsule presences (``rho > 1/2``) against the true patterns' presences;
+  capsules are matched one-to-one to patterns by the Hungarian algorithm on the number of examples where both
+  agree, and the accuracy is the fraction of (example, pattern) pairs whose matched capsule agrees.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from scipy.optimize import linear_sum_assignment
+from sklearn.metrics import adjusted_rand_score
+from torch import Tensor
+
+from credo.data.constellations import Constellations
+from credo.generative.capsules import CapsuleModel, CapsulePosterior
+
+
+def assignment_ari(predicted: Tensor, truth: Tensor, mask: Tensor) -> float:
+    """Mean over examples (with >= 2 real points) of the adjusted Rand index of the point groupings."""
+    scores = []
+    for p, t, m in zip(predicted.tolist(), truth.tolist(), mask.tolist(), strict=True):
+        pts = [(a, b) for a, b, keep in zip(p, t, m, strict=True) if keep]
+        if len(pts) >= 2:
+            scores.append(adjusted_rand_score([b for _, b in pts], [a for a, _ in pts]))
+    return float(np.mean(scores)) if scores else float("nan")
+
+
+def presence_accuracy(rho: Tensor, present: Tensor) -> dict[str, float | list[int]]:
+    """Hungarian-matched agreement of capsule presences ``rho > 1/2`` ``[B, K]`` with pattern presences
+    ``[B, P]`` (``K >= P``): the accuracy and the capsule matched to each pattern."""
+    pred = (rho > 0.5).cpu().numpy()
+    true = present.cpu().numpy()
+    if pred.shape[1] < true.shape[1]:
+        raise ValueError(
+            f"{pred.shape[1]} capsules cannot be matched to {true.shape[1]} patterns; use more capsules"
+        )
+    agree = (pred[:, :, None] == true[:, None, :]).sum(0)  # [K, P]
+    rows, cols = linear_sum_assignment(-agree)
+    matched = [int(r) for r, _ in sorted(zip(rows, cols, strict=True), key=lambda rc: rc[1])]
+    accuracy = float(agree[rows, cols].sum() / (true.shape[0] * true.shape[1]))
+    return {"accuracy": accuracy, "capsule_of_pattern": matched}
+
+
+@torch.no_grad()
+def evaluate_posterior(
+    model: CapsuleModel, data: Constellations, q: CapsulePosterior, samples: int = 64, seed: int = 0
+) -> dict[str, float]:
+    """Mean ELBO and importance-weighted bound per example, the assignment ARI and the presence accuracy."""
+    state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        elbo = model.elbo(data.points, q, data.mask, samples=samples, relaxed=False)
+        iw = model.importance_bound(data.points, q, data.mask, samples=samples)
+    finally:
+        torch.random.set_rng_state(state)
+    obj, _ = model.assignments(data.points, q, data.mask)
+    return {
+        "elbo": float(elbo.mean()),
+        "importance_bound": float(iw.mean()),
+        "assignment_ari": assignment_ari(obj, data.object_of, data.mask),
+        "presence_accuracy": presence_accuracy(torch.sigmoid(q.presence_logit), data.present)["accuracy"],
+    }
