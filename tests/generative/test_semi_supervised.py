@@ -146,3 +146,24 @@ def test_a_regime_that_needs_labels_refuses_a_set_without_any():
         method("supervised").fit(ds.loader(4))
     with pytest.raises(ValueError, match="regime must be"):
         PoseVAEMethodConfig(regime="self-supervised")
+
+
+def test_numpy_and_float64_images_predict_exactly_as_float32_and_a_flipped_weight_byte_is_refused(tmp_path):
+    """The conformance checks the tabular harness (tests/uncertainty/tiny_methods.py) runs on every other method."""
+    from credo.uncertainty import CheckpointError, UncertaintyMethod
+
+    ds = data()
+    m = method().fit(ds.loader(16))
+    x = ds.x[:6]
+    ref = m.predict(x)
+    torch.testing.assert_close(m.predict(x.numpy()).probs, ref.probs, rtol=0, atol=0)
+    torch.testing.assert_close(m.predict(x.double()).probs, ref.probs, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="one example"):
+        m.predict(x[0])
+    m.save(tmp_path / "m")
+    weights = tmp_path / "m" / "model.safetensors"
+    blob = bytearray(weights.read_bytes())
+    blob[-3] ^= 0x10
+    weights.write_bytes(bytes(blob))
+    with pytest.raises(CheckpointError, match="model.safetensors"):
+        UncertaintyMethod.load(tmp_path / "m")

@@ -12,11 +12,11 @@ import struct
 
 import pytest
 import torch
-from tiny_methods import X, fitted
+from tiny_methods import TABULAR, X, fitted
 
-from credo.uncertainty import METHODS, CheckpointError, UncertaintyMethod
+from credo.uncertainty import CheckpointError, UncertaintyMethod
 
-ALL = sorted(METHODS)
+ALL = TABULAR
 
 
 def tensor_byte_ranges(path) -> dict[str, tuple[int, int]]:
