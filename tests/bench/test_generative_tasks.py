@@ -48,3 +48,14 @@ def test_the_task_sets_the_pose_vaes_rotation_symmetry_and_overrides_still_win()
     over = method_config_dict("pose-vae", "galaxies-50", "test", overrides={"rotation_symmetry": 4})
     assert over["rotation_symmetry"] == 4
     assert build_method("pose-vae", "galaxies-50", "test", 0).vae.et.rotation.symmetry == 2
+
+
+def test_progress_lines_name_the_bench_entry_not_only_the_registered_method(tmp_path, caplog):
+    import logging
+
+    from credo.bench import run_benchmark
+
+    with caplog.at_level(logging.INFO, logger="credo.uncertainty.fit"):
+        run_benchmark("galaxies-50", ["cnn-encoder"], 1, tmp_path / "b", budget="test", progress=False)
+    lines = [r.getMessage() for r in caplog.records if r.name == "credo.uncertainty.fit"]
+    assert any(line.startswith("cnn-encoder epoch 1/1") for line in lines), lines

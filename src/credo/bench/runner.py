@@ -278,6 +278,7 @@ def train_cell(
     ckpt_dir = store.checkpoint_dir(method_name, seed)
     resumed = ckpt_dir.exists() and any(ckpt_dir.rglob("checkpoint*"))
     method = build_method(method_name, task_obj, budget, seed, ckpt_dir, overrides, progress=progress)
+    method.label = method_name
     fit_seed = method.config.fit.seed
     train_loader = data.train.loader(
         batch_size=task_obj.budget(budget).batch_size, shuffle=True, seed=fit_seed

@@ -216,6 +216,9 @@ class UncertaintyMethod(ABC):
             )
         self.config = config
         self.history: FitHistory | None = None
+        # the name progress lines and errors use: the registered name, or the bench entry's (``vae`` for the pose
+        # VAE without its ET stack); the config fingerprint always uses the registered ``name``
+        self.label = self.name
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.fit.seed)
             self.model = self.build_model()

@@ -256,7 +256,7 @@ def diverged_error(
             f"(or delete {ckpt.dir})."
         )
     return TrainingDivergedError(
-        f"{method.name}: training diverged in epoch {epoch + 1}/{cfg.epochs}: {what}, at learning rate "
+        f"{method.label}: training diverged in epoch {epoch + 1}/{cfg.epochs}: {what}, at learning rate "
         f"{lr:.4g}. Lower the learning rate (fit.lr = {cfg.lr:g}) or check the training data for extreme "
         f"values. {kept}"
     )
@@ -298,7 +298,7 @@ def fit_loop(method: UncertaintyMethod, train_loader, val_loader, cfg: FitConfig
         history = FitHistory(**state["history"])
         start_epoch = state["epoch"]
         torch.set_rng_state(state["rng"][rank] if rank < len(state["rng"]) else state["rng"][0])
-        log.info("resuming %s from %s at epoch %d/%d", method.name, ckpt.path, start_epoch, cfg.epochs)
+        log.info("resuming %s from %s at epoch %d/%d", method.label, ckpt.path, start_epoch, cfg.epochs)
     elif world > 1:
         sync_module(model, world)
     device = params[0].device if params else torch.device("cpu")
@@ -321,7 +321,7 @@ def fit_loop(method: UncertaintyMethod, train_loader, val_loader, cfg: FitConfig
         total, steps, watch = torch.zeros((), device=device), 0, DivergenceWatch(device, world)
         bar = tqdm(
             loader,
-            desc=f"{method.name} epoch {epoch + 1}/{cfg.epochs}",
+            desc=f"{method.label} epoch {epoch + 1}/{cfg.epochs}",
             disable=True if not cfg.progress or rank != 0 else None,  # None: only on a terminal
             leave=False,
             mininterval=1.0,
@@ -357,7 +357,7 @@ def fit_loop(method: UncertaintyMethod, train_loader, val_loader, cfg: FitConfig
             history.val_accuracy.append(validation_accuracy(method, val_loader))
         log.info(
             "%s epoch %d/%d: train loss %.4f%s",
-            method.name,
+            method.label,
             epoch + 1,
             cfg.epochs,
             history.train_loss[-1],
