@@ -61,6 +61,7 @@ def test_training_writes_a_model_metrics_and_a_report_whose_figures_are_recomput
     again = held_out_bound(method.vae, test.x)
     assert metrics["test_elbo_nats_per_image"] == pytest.approx(again["elbo_nats_per_image"])
     assert 0 <= metrics["rotation_mean_abs_error_deg"] <= 90 and metrics["rotation_symmetry"] == 2
+    assert method.vae.et.rotation.symmetry == 2  # the galaxies' default
     page = (trained / "report.html").read_text()
     assert page.count("data:image/png;base64,") == 3 and "Confusion matrix" in page
 
@@ -80,6 +81,7 @@ def test_rerunning_the_finished_command_resumes_instead_of_retraining(trained, c
         (["--labels", "ten"], "--labels takes a positive count or 'all'"),
         (["--labels", "0"], "--labels takes a positive count"),
         (["--epochs", "-1"], "--epochs must be >= 0"),
+        (["--classifier-weight", "-1"], "--classifier-weight must be >= 0"),
         ([], "name an output directory"),
     ],
 )

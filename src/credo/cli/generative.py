@@ -24,6 +24,10 @@ class GenerativeTrainCommand:
     """How labels and unlabelled images are used."""
     equivariant: bool = True
     """Remove the pose with Equivariant Transformer layers before encoding."""
+    rotation_symmetry: int = 0
+    """Read the rotation modulo 2 pi / m; 0: the data's default (2 for galaxies, 1 for Fashion-MNIST)."""
+    classifier_weight: float = 1.0
+    """The weight of the per-vote classification loss against the per-pixel negative ELBO."""
     budget: Literal["test", "demo", "full"] = "full"
     """Data and epochs: test (256 images, 1 epoch), demo (4,000, 3 epochs), full (10,000, 5 epochs)."""
     epochs: int = 0
@@ -70,7 +74,13 @@ def run_generative_train(cmd: GenerativeTrainCommand) -> Path:
     out = Path(cmd.out)
     task = _task(cmd)
     data = task.load(cmd.budget)
-    overrides: dict = {"regime": cmd.regime, "equivariant": cmd.equivariant}
+    if cmd.rotation_symmetry < 0 or cmd.classifier_weight < 0:
+        raise ValueError("--rotation-symmetry and --classifier-weight must be >= 0")
+    overrides: dict = {
+        "regime": cmd.regime, "equivariant": cmd.equivariant, "classifier_weight": cmd.classifier_weight,
+    }  # fmt: skip
+    if cmd.rotation_symmetry:
+        overrides["rotation_symmetry"] = cmd.rotation_symmetry
     if cmd.epochs:
         overrides["fit"] = {"epochs": cmd.epochs}
     method = build_method(
