@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from credo.data.constellations import generate_constellations
-from credo.generative.capsule_inference import SetEncoder, fixed_pose_draws, refine_posterior
+from credo.generative.capsule_inference import (
+    AttentionSetEncoder,
+    SetEncoder,
+    fixed_pose_draws,
+    refine_posterior,
+)
 from credo.generative.capsules import CapsuleConfig, CapsuleModel
 
 
-def test_the_encoder_is_permutation_invariant_and_ignores_padding():
+@pytest.mark.parametrize("kind", [SetEncoder, AttentionSetEncoder])
+def test_the_encoder_is_permutation_invariant_and_ignores_padding(kind):
     torch.manual_seed(0)
-    enc = SetEncoder(3, hidden=16).double()
+    enc = kind(3, hidden=16).double().eval()
     c = generate_constellations(8, clutter=1.0, seed=0)
     x, mask = c.points.double(), c.mask
     q = enc(x, mask)

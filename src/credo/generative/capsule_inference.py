@@ -46,6 +46,38 @@ class SetEncoder(nn.Module):
         return CapsulePosterior(out[..., 0], out[..., 1:5], out[..., 5:9].clamp(-12, 4))
 
 
+class AttentionSetEncoder(nn.Module):
+    """A Set Transformer-style encoder (Lee et al. 2019): two self-attention blocks over the point embeddings,
+    then one learned query per object capsule attends over the points (pooling by attention), so each capsule
+    reads the points it chooses; an MLP per capsule gives its presence logit, pose mean and log variance.
+    Permutation invariant, padding masked out."""
+
+    def __init__(self, num_objects: int, hidden: int = 128, heads: int = 4):
+        super().__init__()
+        self.num_objects = num_objects
+        self.embed = nn.Linear(2, hidden)
+        self.blocks = nn.ModuleList(
+            nn.TransformerEncoderLayer(hidden, heads, 2 * hidden, dropout=0.0, batch_first=True)
+            for _ in range(2)
+        )
+        self.queries = nn.Parameter(torch.randn(num_objects, hidden) / hidden**0.5)
+        self.pool = nn.MultiheadAttention(hidden, heads, batch_first=True)
+        self.head = nn.Sequential(nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, 9))
+        with torch.no_grad():  # start every pose at scale ~0.75 (alpha), not at the degenerate scale 0
+            self.head[-1].bias[1] += 0.75
+
+    def forward(self, points: Tensor, mask: Tensor | None = None) -> CapsulePosterior:
+        mask = check_points(points, mask)
+        pad = ~mask
+        h = self.embed(points)
+        for block in self.blocks:
+            h = block(h, src_key_padding_mask=pad)
+        q = self.queries.expand(len(points), -1, -1)
+        pooled, _ = self.pool(q, h, h, key_padding_mask=pad, need_weights=False)
+        out = self.head(pooled)  # [B, K, 9]
+        return CapsulePosterior(out[..., 0], out[..., 1:5], out[..., 5:9].clamp(-12, 4))
+
+
 def fixed_pose_draws(q: CapsulePosterior, samples: int, seed: int) -> Tensor:
     """Standard-normal pose draws ``[S, B, K, 4]`` from a generator seeded with ``seed``."""
     g = torch.Generator().manual_seed(seed)

@@ -19,7 +19,7 @@ import torch
 
 from credo.data.constellations import Constellations, generate_constellations
 from credo.errors import CheckpointError
-from credo.generative.capsule_inference import SetEncoder
+from credo.generative.capsule_inference import AttentionSetEncoder, SetEncoder
 from credo.generative.capsules import CapsuleConfig, CapsuleModel
 from credo.io import load_torch_sealed, save_torch_sealed, write_json
 
@@ -55,6 +55,8 @@ class CapsuleTrainConfig:
     parts_per_object: int = 5
     hidden: int = 128
     """Width of the set encoder."""
+    encoder: Literal["attention", "deep-sets"] = "deep-sets"
+    """The amortised encoder: self-attention with a learned query per capsule, or deep sets (mean and max)."""
     data: ConstellationData = field(default_factory=ConstellationData)
     """How the training constellations are drawn."""
     train_examples: int = 20_000
@@ -81,15 +83,16 @@ class CapsuleTrainConfig:
 @dataclass
 class TrainedCapsules:
     model: CapsuleModel
-    encoder: SetEncoder
+    encoder: AttentionSetEncoder | SetEncoder
     history: list[float]
     """Mean training ELBO per example, every ``checkpoint_every`` steps."""
 
 
-def build(cfg: CapsuleTrainConfig) -> tuple[CapsuleModel, SetEncoder]:
+def build(cfg: CapsuleTrainConfig) -> tuple[CapsuleModel, AttentionSetEncoder | SetEncoder]:
     torch.manual_seed(cfg.seed)
     model = CapsuleModel(CapsuleConfig(num_objects=cfg.num_objects, parts_per_object=cfg.parts_per_object))
-    return model, SetEncoder(cfg.num_objects, cfg.hidden)
+    kind = AttentionSetEncoder if cfg.encoder == "attention" else SetEncoder
+    return model, kind(cfg.num_objects, cfg.hidden)
 
 
 def train_capsules(cfg: CapsuleTrainConfig) -> TrainedCapsules:
@@ -161,7 +164,9 @@ def train_capsules(cfg: CapsuleTrainConfig) -> TrainedCapsules:
     return TrainedCapsules(model, encoder, history)
 
 
-def load_capsules(out: str | Path) -> tuple[CapsuleTrainConfig, CapsuleModel, SetEncoder]:
+def load_capsules(
+    out: str | Path,
+) -> tuple[CapsuleTrainConfig, CapsuleModel, AttentionSetEncoder | SetEncoder]:
     """The config, model and encoder saved by :func:`train_capsules` in ``out``."""
     path = Path(out) / "model.pt"
     state = load_torch_sealed(path, f"train again into {Path(out)}")
