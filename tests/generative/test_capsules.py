@@ -229,3 +229,35 @@ def test_the_enumerated_presence_expectation_equals_the_average_of_sampled_prese
     sampled = lik.mean(0) - m.kl_presence(q) - m.kl_pose(q)
     se = lik.std(0) / math.sqrt(200_000)
     assert ((exact - sampled).abs() < 4 * se + 1e-9).all()
+
+
+def test_assignments_are_the_most_probable_component_computed_by_hand():
+    """Each point's object and part maximise (weight x density) over the present objects' parts and clutter;
+    an absent object gets nothing, a far point is clutter, padding is -1."""
+    m = model(k=2, n=2)
+    with torch.no_grad():
+        m.log_noise.fill_(math.log(0.1))
+    pose = f64(1, 2, 4) * 0.5
+    q = CapsulePosterior(torch.tensor([[3.0, 3.0]], dtype=torch.float64), pose, f64(1, 2, 4, fill=-5.0))
+    centres = m.part_positions(pose)[0].reshape(4, 2).detach()
+    points = torch.cat(
+        [centres + 0.05 * f64(4, 2), torch.tensor([[9.0, 9.0], [0.0, 0.0]], dtype=torch.float64)]
+    )
+    mask = torch.tensor([[True] * 5 + [False]])
+    obj, part = m.assignments(points[None], q, mask)
+    sigma, c_w, area = float(m.noise), m.cfg.clutter_weight, (2 * m.cfg.clutter_extent) ** 2
+    for j in range(5):
+        scores = [
+            0.5
+            / (2 + c_w)
+            * math.exp(-0.5 * float((points[j] - centres[i]).square().sum()) / sigma**2)
+            / (2 * math.pi * sigma**2)
+            for i in range(4)
+        ] + [c_w / (2 + c_w) / area]
+        best = max(range(5), key=scores.__getitem__)
+        assert (int(obj[0, j]), int(part[0, j])) == ((-1, -1) if best == 4 else (best // 2, best % 2))
+    assert obj[0, :4].tolist() == [0, 0, 1, 1] and obj[0, 4] == -1 and obj[0, 5] == -1
+    # object 1 absent: its points go to object 0's parts or clutter, never to object 1
+    q_absent = CapsulePosterior(torch.tensor([[3.0, -3.0]], dtype=torch.float64), pose, q.pose_logvar)
+    obj_absent, _ = m.assignments(points[None], q_absent, mask)
+    assert (obj_absent != 1).all()

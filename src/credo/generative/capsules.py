@@ -126,9 +126,10 @@ class CapsuleModel(nn.Module):
         a = pose_matrix(pose)
         return self.parts @ a[..., :2, :2].transpose(-1, -2) + a[..., None, :2, 2]
 
-    def log_likelihood(self, points: Tensor, mask: Tensor, presence: Tensor, pose: Tensor) -> Tensor:
-        """``log p(X | a, A)`` ``[...]`` for points ``[B, M, 2]`` (mask ``[B, M]``) and presences ``[..., B, K]``
-        (0/1, or relaxed in (0, 1)) with poses ``[..., B, K, 4]``; the assignments summed out exactly."""
+    def component_log_joint(self, points: Tensor, presence: Tensor, pose: Tensor) -> Tensor:
+        """``[..., B, M, K*N + 1]``: ``log`` (mixture weight x density) of every point under every part
+        (object-major, part-minor) and, in the last column, under clutter; ``logsumexp`` over the last axis is
+        the point's log-likelihood, ``argmax`` its most probable component."""
         cfg = self.cfg
         n = cfg.parts_per_object
         centres = self.part_positions(pose).flatten(-3, -2)  # [..., B, K*N, 2]
@@ -136,16 +137,19 @@ class CapsuleModel(nn.Module):
         d2 = (points[..., :, None, :] - centres[..., None, :, :]).square().sum(-1)  # [..., B, M, K*N]
         log_gauss = -0.5 * d2 / sigma**2 - 2 * torch.log(sigma) - LOG_2PI
         denom = presence.sum(-1, keepdim=True) + cfg.clutter_weight  # [..., B, 1]
-        log_w = (torch.log(presence.clamp_min(1e-30)) - math.log(n)).repeat_interleave(n, -1) - torch.log(
-            denom
-        )
-        log_w = torch.where(presence.repeat_interleave(n, -1) > 0, log_w, torch.full_like(log_w, -math.inf))
+        weight = presence.repeat_interleave(n, -1)
+        log_w = torch.log(weight.clamp_min(1e-30)) - math.log(n) - torch.log(denom)
+        log_w = torch.where(weight > 0, log_w, torch.full_like(log_w, -math.inf))
         log_clutter = (
             math.log(cfg.clutter_weight) - torch.log(denom) - math.log((2 * cfg.clutter_extent) ** 2)
         )
         parts = log_gauss + log_w[..., None, :]  # [..., B, M, K*N], broadcast over presence and pose draws
-        clutter_column = log_clutter[..., None, :].expand(*parts.shape[:-1], 1)
-        per_point = torch.logsumexp(torch.cat([parts, clutter_column], -1), -1)  # [..., B, M]
+        return torch.cat([parts, log_clutter[..., None, :].expand(*parts.shape[:-1], 1)], -1)
+
+    def log_likelihood(self, points: Tensor, mask: Tensor, presence: Tensor, pose: Tensor) -> Tensor:
+        """``log p(X | a, A)`` ``[...]`` for points ``[B, M, 2]`` (mask ``[B, M]``) and presences ``[..., B, K]``
+        (0/1, or relaxed in (0, 1)) with poses ``[..., B, K, 4]``; the assignments summed out exactly."""
+        per_point = torch.logsumexp(self.component_log_joint(points, presence, pose), -1)  # [..., B, M]
         return (per_point * mask).sum(-1)
 
     # -- priors and KLs ------------------------------------------------------------------------------------
@@ -258,18 +262,8 @@ class CapsuleModel(nn.Module):
         mask = check_points(points, mask)
         cfg = self.cfg
         presence = (torch.sigmoid(q.presence_logit) > 0.5).to(points.dtype)
-        centres = self.part_positions(q.pose_mean).flatten(-3, -2)
-        d2 = (points[..., :, None, :] - centres[..., None, :, :]).square().sum(-1)
-        sigma = self.noise
-        weight = (presence / cfg.parts_per_object).repeat_interleave(cfg.parts_per_object, -1)
-        score = -0.5 * d2 / sigma**2 + torch.log(weight.clamp_min(1e-30))[..., None, :]
-        score = torch.where(weight[..., None, :] > 0, score, torch.full_like(score, -math.inf))
-        # a part's log weight x density is score - 2 log sigma - log 2 pi (the shared 1 / denominator cancels);
-        # clutter's is log c - log area
-        area = (2 * cfg.clutter_extent) ** 2
-        clutter = math.log(cfg.clutter_weight) - math.log(area) + 2 * torch.log(sigma) + LOG_2PI
-        best = score.argmax(-1)
-        is_clutter = score.max(-1).values < clutter
+        best = self.component_log_joint(points, presence, q.pose_mean).argmax(-1)
+        is_clutter = best == cfg.num_objects * cfg.parts_per_object
         obj = torch.where(is_clutter | ~mask, -1, best // cfg.parts_per_object)
         part = torch.where(is_clutter | ~mask, -1, best % cfg.parts_per_object)
         return obj, part
