@@ -168,15 +168,14 @@ def claims(curves: dict, labels: list[str]) -> dict:
     labels (the largest label count up to which it wins at every smaller count)."""
     out: dict = {}
     for data, by_method in curves.items():
-        diff = _difference(by_method)
         et = {
             count: {
-                "semi_supervised_et_minus_no_et": diff("pose-vae", "vae", count),
-                "supervised_et_minus_no_et": diff("et-cnn", "cnn-encoder", count),
+                "semi_supervised_et_minus_no_et": _difference(by_method, "pose-vae", "vae", count),
+                "supervised_et_minus_no_et": _difference(by_method, "et-cnn", "cnn-encoder", count),
             }
             for count in labels
         }
-        semi = {count: diff("pose-vae", "et-cnn", count) for count in labels}
+        semi = {count: _difference(by_method, "pose-vae", "et-cnn", count) for count in labels}
         wins_up_to = None
         for count in labels:
             if semi[count] is None or semi[count] <= 0:
@@ -190,16 +189,11 @@ def claims(curves: dict, labels: list[str]) -> dict:
     return out
 
 
-def _difference(by_method: dict):
-    """``diff(a, b, count)``: mean accuracy of method ``a`` minus ``b`` at ``count`` labels (None if either is
-    missing)."""
-
-    def diff(a: str, b: str, count: str) -> float | None:
-        if a not in by_method or b not in by_method:
-            return None
-        return by_method[a][count]["mean"] - by_method[b][count]["mean"]
-
-    return diff
+def _difference(by_method: dict, a: str, b: str, count: str) -> float | None:
+    """Mean accuracy of method ``a`` minus ``b`` at ``count`` labels (None if either was not run)."""
+    if a not in by_method or b not in by_method:
+        return None
+    return by_method[a][count]["mean"] - by_method[b][count]["mean"]
 
 
 def plot(curves: dict, labels: list[str], path) -> None:
