@@ -104,3 +104,41 @@ def test_bad_configs_are_refused():
     with pytest.raises(ValueError, match="image_size >= 8"):
         PoseVAEConfig(image_size=4)
     assert math.isfinite(tiny().log_scale.item())
+
+
+def test_the_held_out_bound_averages_the_right_terms_and_leaves_the_global_rng_alone():
+    from credo.generative.evaluate import held_out_bound
+
+    model = tiny(equivariant=False).eval()
+    x = torch.rand(7, 1, 16, 16, dtype=torch.float64)
+    torch.manual_seed(5)
+    before = torch.random.get_rng_state()
+    got = held_out_bound(model, x, batch_size=3, seed=1)
+    assert torch.equal(torch.random.get_rng_state(), before)
+    with torch.no_grad():
+        enc = model.encode(x)
+        kl = PoseVAE.kl(enc.mu, enc.logvar).mean()
+        # the draws: batches of 3, 3, 1 from a generator seeded with 1
+        torch.manual_seed(1)
+        ll = []
+        for i in range(0, 7, 3):
+            e = model.encode(x[i : i + 3])
+            z = e.mu + torch.exp(0.5 * e.logvar) * torch.randn_like(e.mu)
+            ll.append(model.log_likelihood(x[i : i + 3], model.decode(z, e.pose)))
+    assert got["kl_nats_per_image"] == pytest.approx(float(kl))
+    assert got["log_likelihood_nats_per_image"] == pytest.approx(float(torch.cat(ll).mean()))
+    assert got["elbo_nats_per_image"] == pytest.approx(
+        got["log_likelihood_nats_per_image"] - got["kl_nats_per_image"]
+    )
+    assert got["images"] == 7
+
+
+def test_the_training_vote_loss_is_the_multinomial_log_likelihood_per_vote_up_to_its_constant():
+    from credo.generative import PoseVAEClassifier
+
+    logits = torch.randn(4, 3, dtype=torch.float64)
+    votes = torch.tensor([[3.0, 10, 27], [0, 0, 1], [5, 5, 5], [40, 0, 0]], dtype=torch.float64)
+    n = votes.sum(-1)
+    constant = torch.lgamma(n + 1) - torch.lgamma(votes + 1).sum(-1)
+    expected = (-(vote_log_likelihood(logits, votes) - constant) / n).mean()
+    torch.testing.assert_close(PoseVAEClassifier.vote_cross_entropy(logits, votes), expected)
