@@ -17,6 +17,8 @@ Training targets are vote counts ``[N, 3]`` (galaxies) or class indices ``[N]`` 
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 
 from credo.bench.tasks import Budget, Task, TaskData, register_task
@@ -116,4 +118,4 @@ def rotated_fashion_mnist_task(labels: str = "100") -> Task:
 for _labels in LABEL_COUNTS:
     register_task(galaxy_task(_labels))
     register_task(rotated_fashion_mnist_task(_labels))
-register_task(Task(**{**galaxy_task("100").__dict__, "name": "galaxies"}))
+register_task(replace(galaxy_task("100"), name="galaxies"))

@@ -12,15 +12,8 @@ import torch
 from torch import Tensor
 
 from credo.generative.pose_vae import PoseVAE
-from credo.html import png_data
+from credo.html import PAGE_CSS, png_data
 from credo.io import atomic_write_bytes
-
-_CSS = """
-body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
-table { border-collapse: collapse; font-size: 0.9em; margin-bottom: 1em; }
-th, td { border: 1px solid #ccc; padding: 0.3em 0.6em; text-align: left; } td.num { text-align: right; }
-th { background: #f3f3f3; } img { max-width: 100%; } .note { color: #555; font-size: 0.9em; }
-"""
 
 
 def _shown(vae: PoseVAE, t: Tensor) -> np.ndarray:
@@ -141,7 +134,7 @@ def write_pose_vae_report(
         predicted = torch.cat([vae.classify(x[i : i + 256]).argmax(-1) for i in range(0, len(x), 256)])
     parts = [
         f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
-        f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>",
+        f"<style>{PAGE_CSS}</style></head><body><h1>{html.escape(title)}</h1>",
         "<h2>Figures</h2><table>",
         *(
             f"<tr><th>{html.escape(k)}</th><td class='num'>{v:.4g}</td></tr>"

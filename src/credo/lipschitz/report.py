@@ -18,17 +18,15 @@ from typing import Any
 
 import numpy as np
 
-from credo.html import png_data
+from credo.html import PAGE_CSS, png_data
 from credo.io import atomic_write_bytes
 
-_CSS = """
-body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
-table { border-collapse: collapse; font-size: 0.9em; margin-bottom: 1em; }
-th, td { border: 1px solid #ccc; padding: 0.3em 0.6em; text-align: left; vertical-align: top; }
-td.num { text-align: right; white-space: nowrap; } th { background: #f3f3f3; }
-img { max-width: 100%; } .note { color: #555; font-size: 0.9em; }
+_CSS = (
+    PAGE_CSS
+    + """
 .yes { color: #1b5e20; } .no { color: #b71c1c; }
 """
+)
 
 BAND_NOTES = {
     "all": "||f(x) - f(x')|| / ||x - x'||",

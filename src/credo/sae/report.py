@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from credo.html import png_data
+from credo.html import PAGE_CSS, png_data
 from credo.io import atomic_write_bytes
 
 METRIC_NOTES: dict[str, tuple[str, str]] = {
@@ -57,15 +57,13 @@ METRIC_NOTES: dict[str, tuple[str, str]] = {
 }
 """Metric key of ``eval.json`` -> (label, one-line explanation), in the order the report lists them."""
 
-_CSS = """
-body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
-table { border-collapse: collapse; font-size: 0.9em; }
-th, td { border: 1px solid #ccc; padding: 0.3em 0.6em; text-align: left; vertical-align: top; }
-td.num { text-align: right; white-space: nowrap; } th { background: #f3f3f3; }
-img { max-width: 100%; } .note { color: #555; font-size: 0.9em; }
+_CSS = (
+    PAGE_CSS
+    + """
 .ctx { font-family: ui-monospace, monospace; font-size: 0.85em; white-space: pre; }
 .ctx mark { background: #ffd54f; font-weight: bold; }
 """
+)
 
 
 @dataclass
