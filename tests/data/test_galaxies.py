@@ -87,15 +87,21 @@ def test_position_angle_is_the_major_axis_of_elongated_galaxies():
     assert error[chosen].abs().median() < 0.1
 
 
-def test_speed_is_at_least_2000_images_per_second_on_one_core():
+def test_one_core_renders_more_than_1000_images_per_second():
+    """A floor with head-room for a busy CI machine (about 2,100/s on one quiet core here); the issue's target,
+    >= 2,000/s on 2 cores, is measured by benchmarks/pose_vae_labels.py."""
     import time
 
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    generate_galaxies(256, 64, seed=0)  # warm-up
-    start = time.perf_counter()
-    generate_galaxies(2048, 64, seed=1)
-    rate = 2048 / (time.perf_counter() - start)
-    assert rate > 1000  # measured ~2,100/s on one core here; the benchmark records the figure
+    try:
+        generate_galaxies(256, 64, seed=0)  # warm-up
+        start = time.perf_counter()
+        generate_galaxies(2048, 64, seed=1)
+        rate = 2048 / (time.perf_counter() - start)
+    finally:
+        torch.set_num_threads(threads)
+    assert rate > 1000
 
 
 def test_bad_arguments_are_refused():
