@@ -237,7 +237,7 @@ def test_export_refusals_are_one_line(pipeline, tmp_path, capsys):
 
 # -- --max-tokens on a rerun -------------------------------------------------------------------------------
 def test_a_larger_max_tokens_extends_the_store_exactly(tiny, tmp_path, capsys, caplog):
-    caplog.set_level("INFO", logger="credo.sae.progress")
+    caplog.set_level("INFO", logger="credo.progress")
     assert main(harvest_args(tiny, tmp_path / "grown", "--max-tokens", "100")) == 0
     assert ActivationStore(tmp_path / "grown" / SITE).manifest["max_tokens"] == 100
     assert main(harvest_args(tiny, tmp_path / "grown", "--max-tokens", "300")) == 0
@@ -321,7 +321,7 @@ def test_a_non_terminal_run_prints_resume_notices_and_progress_lines(tiny, tmp_p
         f"resuming the harvest of {SITE} into {tmp_path / 'acts'}: {partial['source_tokens']} of 300 tokens"
     )
     assert resumed in err
-    lines = [ln for ln in err.splitlines() if f"credo.sae.progress: harvest {SITE}: " in ln]
+    lines = [ln for ln in err.splitlines() if f"credo.progress: harvest {SITE}: " in ln]
     assert lines and "done, 300/300 tok" in lines[-1] and "/300 tok (" in lines[0]
     # Training: killed after step 6 (checkpoint at 6), then rerun in a pipe.
     from credo.sae.train import train_saes
@@ -340,16 +340,16 @@ def test_a_non_terminal_run_prints_resume_notices_and_progress_lines(tiny, tmp_p
     err = run(train)
     checkpoint = tmp_path / "runs" / "checkpoint"
     assert f"resuming SAE training of topk_32_k4 from {checkpoint}" in err and "at step 6/15" in err
-    steps = [ln for ln in err.splitlines() if "credo.sae.progress: SAE training: " in ln]
+    steps = [ln for ln in err.splitlines() if "credo.progress: SAE training: " in ln]
     assert len(steps) == 15 - 6 and "7/15 step (46.7%)" in steps[0] and "done, 15/15 step" in steps[-1]
     assert "topk_32_k4: L0 4.0" in steps[-1]  # the last logged L0 and FVU ride along
 
 
 def test_progress_lines_follow_the_interval(monkeypatch, caplog):
-    from credo.sae.progress import Progress
+    from credo.progress import Progress
 
-    monkeypatch.setattr("credo.sae.progress.on_terminal", lambda: False)
-    caplog.set_level("INFO", logger="credo.sae.progress")
+    monkeypatch.setattr("credo.progress.on_terminal", lambda: False)
+    caplog.set_level("INFO", logger="credo.progress")
     with Progress(10, "work", "item", every=3600.0) as bar:
         for _ in range(10):
             bar.update()
@@ -360,7 +360,7 @@ def test_progress_lines_follow_the_interval(monkeypatch, caplog):
         raise KeyboardInterrupt
     (line,) = [r.getMessage() for r in caplog.records]  # no "done" line for an interrupted run
     assert line.startswith("work: 4/10 item (40.0%), ") and line.endswith(" left; L0 3.0")
-    monkeypatch.setattr("credo.sae.progress.on_terminal", lambda: True)
+    monkeypatch.setattr("credo.progress.on_terminal", lambda: True)
     caplog.clear()
     with Progress(10, "work", "item", every=0.0) as bar:  # a terminal: the bar, no lines
         bar.update(10)

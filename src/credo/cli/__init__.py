@@ -67,7 +67,12 @@ def _commands() -> dict[tuple[str, ...], tuple[type, Callable[[Any], Any], tuple
     """``(group, name) -> (config dataclass, function, positional fields)``; SAE configs import lazily."""
     from credo.cli.bench import ReportCommand, run_report
     from credo.cli.demo import DemoCommand, run_demo
-    from credo.cli.generative import GenerativeTrainCommand, run_generative_train
+    from credo.cli.generative import (
+        CapsuleTrainCommand,
+        GenerativeTrainCommand,
+        run_capsule_train,
+        run_generative_train,
+    )
     from credo.cli.lipschitz import (
         LipschitzProbeCommand,
         LipschitzSearchCommand,
@@ -84,7 +89,8 @@ def _commands() -> dict[tuple[str, ...], tuple[type, Callable[[Any], Any], tuple
         ("bench",): (BenchCommand, run_bench, ("task",)),
         ("demo",): (DemoCommand, run_demo, ()),
         ("report",): (ReportCommand, run_report, ("out",)),
-        ("generative", "train"): (GenerativeTrainCommand, run_generative_train, ("model",)),
+        ("generative", "train", "pose-vae"): (GenerativeTrainCommand, run_generative_train, ()),
+        ("generative", "train", "capsules"): (CapsuleTrainCommand, run_capsule_train, ()),
         ("lipschitz", "probe"): (LipschitzProbeCommand, run_lipschitz_probe, ("run",)),
         ("lipschitz", "search"): (LipschitzSearchCommand, run_lipschitz_search, ("run",)),
         ("sae", "harvest"): (HarvestConfig, run_sae_harvest, ()),
@@ -101,15 +107,18 @@ def build_parser(commands) -> argparse.ArgumentParser:
         "-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="log every epoch and step"
     )
     parser = argparse.ArgumentParser(prog="credo", description=__doc__.splitlines()[0], parents=[verbose])
-    sub = parser.add_subparsers(dest="command", required=True)
-    groups: dict[str, argparse._SubParsersAction] = {}
+    # a command's path is its words; every proper prefix is a group (``credo generative train capsules``)
+    groups: dict[tuple[str, ...], argparse._SubParsersAction] = {
+        (): parser.add_subparsers(dest="level0", required=True)
+    }
     for path, (cls, _, positional) in commands.items():
-        target = sub
-        if len(path) == 2:
-            if path[0] not in groups:
-                group = sub.add_parser(path[0], help=f"{path[0]} commands", parents=[verbose])
-                groups[path[0]] = group.add_subparsers(dest="subcommand", required=True)
-            target = groups[path[0]]
+        for depth in range(1, len(path)):
+            prefix = path[:depth]
+            if prefix not in groups:
+                name = " ".join(prefix)
+                group = groups[prefix[:-1]].add_parser(prefix[-1], help=f"{name} commands", parents=[verbose])
+                groups[prefix] = group.add_subparsers(dest=f"level{depth}", required=True)
+        target = groups[path[:-1]]
         doc = " ".join((cls.__doc__ or "").split())
         command = target.add_parser(path[-1], help=doc, description=doc, parents=[verbose])
         add_dataclass_arguments(command, cls, positional)
@@ -185,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING,
         format="%(asctime)s %(name)s: %(message)s",
     )
-    path = (args.command, args.subcommand) if getattr(args, "subcommand", None) else (args.command,)
+    path = tuple(getattr(args, f"level{depth}") for depth in range(3) if getattr(args, f"level{depth}", None))
     cls, fn, _ = commands[path]
     try:
         fn(_from_args(cls, args))

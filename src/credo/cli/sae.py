@@ -1,5 +1,5 @@
 """``credo sae harvest|train|eval|export``: the sparse-autoencoder commands (their configs live in
-``credo.sae``). Each shows the one-line notices and the timed progress lines of :mod:`credo.sae.progress` at
+``credo.sae``). Each shows the one-line notices and the timed progress lines of :mod:`credo.progress` at
 the default verbosity."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import sys
 
 def _show_progress() -> None:
     # The root logger stays at WARNING unless -v; this one logger passes its INFO lines to the root handler.
-    logging.getLogger("credo.sae.progress").setLevel(logging.INFO)
+    logging.getLogger("credo.progress").setLevel(logging.INFO)
 
 
 def run_sae_harvest(cfg) -> None:

@@ -68,3 +68,25 @@ def evaluate_posterior(
         "assignment_ari": assignment_ari(obj, data.object_of, data.mask),
         "presence_accuracy": presence_accuracy(torch.sigmoid(q.presence_logit), data.present)["accuracy"],
     }
+
+
+def test_time_curve(
+    model: CapsuleModel,
+    data: Constellations,
+    start: CapsulePosterior,
+    steps: tuple[int, ...] = (0, 10, 100, 1000),
+    samples: int = 64,
+    refine_samples: int = 8,
+    lr: float = 0.05,
+    seed: int = 0,
+) -> dict[int, dict[str, float]]:
+    """:func:`evaluate_posterior` of ``start`` refined for each step count in ``steps`` (one refinement run,
+    snapshots on the way), plus per-example ELBOs for error bars: ``{step: {metric: value, ...}}``."""
+    from credo.generative.capsule_inference import refine_posterior
+
+    kept: dict[int, CapsulePosterior] = {}
+    refine_posterior(
+        model, data.points, start, max(steps), data.mask, lr=lr, samples=refine_samples, seed=seed,
+        record=tuple(steps), snapshots=kept,
+    )  # fmt: skip
+    return {s: evaluate_posterior(model, data, kept[s], samples=samples, seed=seed) for s in steps}

@@ -10,6 +10,18 @@ model frozen, all examples in one batch. The objective is the ELBO with the pres
 (:meth:`CapsuleModel.elbo_enumerated`) and the poses on a FIXED set of draws (common random numbers: the same
 ``eps`` at every step), so it is a deterministic function of the parameters; each example keeps the best
 parameters seen, so the returned bound on those draws is never below the start.
+
+Pose voting (:func:`vote_posterior`) is a non-amortised start that uses the generative model's own parts: two
+point correspondences fix a 2-D similarity transform, so for every capsule ``k``, every pair of observed points
+``(x_i, x_j)`` (each point with its ``neighbours`` nearest) and every pair of its parts ``(m_kn, m_kn')``,
+in complex notation
+
+    a = (x_j - x_i) / (m_kn' - m_kn),    t = x_i - a m_kn,    pose = (Re a, Im a, Re t, Im t),
+
+and the candidate is scored by how much better than clutter it alone explains the points,
+``sum_m max(0, log[(1/N) sum_n N(x_m; a m_kn + t, sigma^2 I)] - log u)`` with ``u`` the clutter density. Each
+capsule takes its best-scoring candidate; its presence logit is ``(score - threshold) / 2``. This is the
+Hough-transform view of capsules, used here to train the model (an E-step) and as a reference start.
 """
 
 from __future__ import annotations
@@ -78,6 +90,68 @@ class AttentionSetEncoder(nn.Module):
         return CapsulePosterior(out[..., 0], out[..., 1:5], out[..., 5:9].clamp(-12, 4))
 
 
+def vote_posterior(
+    model: CapsuleModel,
+    points: Tensor,
+    mask: Tensor | None = None,
+    neighbours: int = 4,
+    threshold: float = 10.0,
+    chunk: int = 32,
+) -> CapsulePosterior:
+    """The best pose per capsule from pairs of point-to-part correspondences (see the module); pose variances
+    ``(sigma / 2)^2``. No gradient flows to the model."""
+    mask = check_points(points, mask)
+    cfg = model.cfg
+    n = cfg.parts_per_object
+    if n < 2:
+        raise ValueError("pose voting needs at least two parts per object (parts_per_object >= 2)")
+    b, m, _ = points.shape
+    with torch.no_grad():
+        sigma = model.noise.to(points.dtype)
+        parts = torch.complex(model.parts[..., 0], model.parts[..., 1]).to(points.device)  # [K, N]
+        if points.dtype == torch.float64:
+            parts = parts.to(torch.complex128)
+        n1, n2 = torch.triu_indices(n, n, 1, device=points.device)
+        span = parts[:, n2] - parts[:, n1]  # [K, P]
+        degenerate = span.abs() < 1e-6
+        span = torch.where(degenerate, torch.ones_like(span), span)
+        log_clutter = -math.log((2 * cfg.clutter_extent) ** 2)
+        log_norm = -2 * torch.log(sigma) - math.log(2 * math.pi) - math.log(n)
+        poses, scores = [], []
+        for s in range(0, b, chunk):
+            x, mk = points[s : s + chunk], mask[s : s + chunk]
+            z = torch.complex(x[..., 0], x[..., 1])  # [b, M]
+            dist = (z[:, :, None] - z[:, None, :]).abs()
+            dist = dist.masked_fill(
+                ~mk[:, None, :] | torch.eye(m, dtype=torch.bool, device=x.device), math.inf
+            )
+            near = dist.topk(min(neighbours, m - 1), -1, largest=False).indices if m > 1 else None
+            if near is None:
+                raise ValueError("pose voting needs point sets of at least two points")
+            first = torch.arange(m, device=x.device)[None, :, None].expand_as(near).flatten(1)  # [b, Q]
+            second = near.flatten(1)
+            valid_pair = mk.gather(1, first) & mk.gather(1, second)  # [b, Q]
+            zi, zj = z.gather(1, first), z.gather(1, second)
+            a = (zj - zi)[:, None, :, None] / span[None, :, None, :]  # [b, K, Q, P]
+            t = zi[:, None, :, None] - a * parts[:, n1][None, :, None, :]
+            centres = a[..., None] * parts[None, :, None, None, :] + t[..., None]  # [b, K, Q, P, N]
+            diff = z[:, None, None, None, None, :] - centres[..., None]  # [b, K, Q, P, N, M]
+            d2 = diff.real.square() + diff.imag.square()
+            per_point = torch.logsumexp(-0.5 * d2 / sigma**2, -2) + log_norm  # [b, K, Q, P, M]
+            score = ((per_point - log_clutter).clamp_min(0) * mk[:, None, None, None, :]).sum(-1)
+            valid = valid_pair[:, None, :, None] & ~degenerate[None, :, None, :]
+            score = torch.where(valid, score, torch.full_like(score, -1.0)).flatten(2)
+            best, where = score.max(-1)  # [b, K]
+            a_best = a.flatten(2).gather(2, where[..., None])[..., 0]
+            t_best = t.flatten(2).gather(2, where[..., None])[..., 0]
+            poses.append(torch.stack((a_best.real, a_best.imag, t_best.real, t_best.imag), -1))
+            scores.append(best)
+        pose = torch.cat(poses).to(points.dtype)
+        score = torch.cat(scores).to(points.dtype)
+    logvar = torch.full_like(pose, float(2 * torch.log(sigma / 2)))
+    return CapsulePosterior((score - threshold) / 2, pose, logvar)
+
+
 def fixed_pose_draws(q: CapsulePosterior, samples: int, seed: int) -> Tensor:
     """Standard-normal pose draws ``[S, B, K, 4]`` from a generator seeded with ``seed``."""
     g = torch.Generator().manual_seed(seed)
@@ -95,10 +169,11 @@ def refine_posterior(
     samples: int = 8,
     seed: int = 0,
     record: tuple[int, ...] = (),
+    snapshots: dict[int, CapsulePosterior] | None = None,
 ) -> tuple[CapsulePosterior, dict[int, Tensor]]:
     """Refine ``q`` for ``steps`` Adam steps per example (see the module). Returns the best ``q`` per example
     and, for each step count in ``record``, the per-example best bound ``[B]`` reached by then (on the fixed
-    draws; step 0 is the start)."""
+    draws; step 0 is the start); a ``snapshots`` dict gets the best ``q`` at each recorded step."""
     if steps < 0:
         raise ValueError(f"steps must be >= 0, got {steps}")
     mask = check_points(points, mask)
@@ -121,6 +196,8 @@ def refine_posterior(
                     b[better] = p[better]
                 if step in record:
                     trace[step] = best_value.clone()
+                    if snapshots is not None:
+                        snapshots[step] = CapsulePosterior(*(b.clone() for b in best))
             if step == steps:
                 break
             opt.zero_grad()

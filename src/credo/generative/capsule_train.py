@@ -1,7 +1,19 @@
 """Training the capsule model and its amortised encoder together on constellations, resumably.
 
 Each step maximises the ELBO (one pose draw; presences summed out exactly, or one binary-concrete draw) of a batch,
-averaged per example, with respect to the generative model's parameters and the encoder's. The training set is
+averaged per example. Where the model's gradient comes from is ``inference``:
+
+* ``amortised``: the encoder's q, the model and the encoder trained end to end on one objective (the paper's
+  unified objective). From a random start this settles where no object explains anything (every point clutter,
+  or one broad blob): a failure of amortised inference that the benchmark measures.
+* ``vote``: an E-step that does not rely on the encoder: q from pose voting with the model's current parts
+  (:func:`~credo.generative.capsule_inference.vote_posterior`), refined for ``refine_steps`` steps with the model
+  frozen; the model then takes a gradient step on the ELBO at that q. The encoder learns beside it on its own
+  ELBO, the model held fixed for that term.
+
+The point noise ``sigma`` follows a fixed schedule, geometric from ``noise_start`` to ``noise_end`` over the
+first ``anneal`` fraction of the steps (coarse to fine: a broad noise lets badly placed parts still feel the
+points), then constant; a learned noise grows instead, towards the blob. The training set is
 ``train_examples`` constellations drawn once from ``seed``; batches follow a permutation per epoch seeded by
 ``seed + epoch``. Every ``checkpoint_every`` steps the model, encoder, optimiser, step and RNG state go into one
 sealed file, so a killed run resumes exactly where it stopped.
@@ -19,9 +31,15 @@ import torch
 
 from credo.data.constellations import Constellations, generate_constellations
 from credo.errors import CheckpointError
-from credo.generative.capsule_inference import AttentionSetEncoder, SetEncoder
+from credo.generative.capsule_inference import (
+    AttentionSetEncoder,
+    SetEncoder,
+    refine_posterior,
+    vote_posterior,
+)
 from credo.generative.capsules import CapsuleConfig, CapsuleModel
 from credo.io import load_torch_sealed, save_torch_sealed, write_json
+from credo.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +85,14 @@ class CapsuleTrainConfig:
     """How the ELBO's expectation over presences is taken: summed exactly over the 2^K presence vectors, or
     by one binary-concrete draw at ``temperature``."""
     temperature: float = 0.5
+    inference: Literal["vote", "amortised"] = "vote"
+    """Where the model's gradient comes from: voting refined by test-time steps, or the encoder (see the module)."""
+    refine_steps: int = 20
+    """Test-time steps on the voted q before each model step (``inference="vote"``)."""
+    noise_start: float = 0.15
+    noise_end: float = 0.05
+    anneal: float = 0.7
+    """Fraction of the steps over which the point noise goes from ``noise_start`` to ``noise_end``."""
     seed: int = 0
     checkpoint_every: int = 500
 
@@ -78,6 +104,17 @@ class CapsuleTrainConfig:
                 f"need steps >= 1, batch_size >= 1 and train_examples >= batch_size; got {self.steps}, "
                 f"{self.batch_size}, {self.train_examples}"
             )
+        floor = CapsuleConfig.min_noise
+        if not (self.noise_start > floor and self.noise_end > floor and 0 < self.anneal <= 1):
+            raise ValueError(
+                f"need noise_start and noise_end above the floor {floor} and anneal in (0, 1]; got "
+                f"{self.noise_start}, {self.noise_end}, {self.anneal}"
+            )
+
+    def noise_at(self, step: int) -> float:
+        """The point noise ``sigma`` at ``step`` (see the module)."""
+        frac = min(1.0, step / max(1.0, self.anneal * self.steps))
+        return self.noise_start * (self.noise_end / self.noise_start) ** frac
 
 
 @dataclass
@@ -91,19 +128,32 @@ class TrainedCapsules:
 def build(cfg: CapsuleTrainConfig) -> tuple[CapsuleModel, AttentionSetEncoder | SetEncoder]:
     torch.manual_seed(cfg.seed)
     model = CapsuleModel(CapsuleConfig(num_objects=cfg.num_objects, parts_per_object=cfg.parts_per_object))
+    model.log_noise.requires_grad_(False)  # on the schedule of CapsuleTrainConfig.noise_at
     kind = AttentionSetEncoder if cfg.encoder == "attention" else SetEncoder
     return model, kind(cfg.num_objects, cfg.hidden)
 
 
-def train_capsules(cfg: CapsuleTrainConfig) -> TrainedCapsules:
-    """Train (or resume) per ``cfg``; writes ``<out>/model.pt`` at the end."""
+def set_noise(model: CapsuleModel, sigma: float) -> None:
+    with torch.no_grad():
+        model.log_noise.fill_(math.log(sigma - model.cfg.min_noise))
+
+
+def _elbo(model: CapsuleModel, cfg: CapsuleTrainConfig, x, q, mask):
+    if cfg.presences == "enumerate":
+        return model.elbo_enumerated(x, q, mask, samples=1)
+    return model.elbo(x, q, mask, samples=1, relaxed=True, temperature=cfg.temperature)
+
+
+def train_capsules(cfg: CapsuleTrainConfig, progress: bool = True) -> TrainedCapsules:
+    """Train (or resume) per ``cfg``; writes ``<out>/model.pt`` at the end. ``progress``: a bar on a terminal,
+    a log line every 30 s otherwise (logger ``credo.progress``)."""
     if not cfg.out:
         raise ValueError("name an output directory (out)")
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     data = cfg.data.generate(cfg.train_examples, cfg.seed)
     model, encoder = build(cfg)
-    params = list(model.parameters()) + list(encoder.parameters())
+    params = [p for p in model.parameters() if p.requires_grad] + list(encoder.parameters())
     opt = torch.optim.Adam(params, lr=cfg.lr)
     ckpt = out / "checkpoint.pt"
     step, history = 0, []
@@ -122,40 +172,53 @@ def train_capsules(cfg: CapsuleTrainConfig) -> TrainedCapsules:
         torch.set_rng_state(state["rng"])
         log.info("resuming capsules from %s at step %d/%d", ckpt, step, cfg.steps)
     per_epoch = cfg.train_examples // cfg.batch_size
-    while step < cfg.steps:
-        epoch, i = divmod(step, per_epoch)
-        order = torch.randperm(cfg.train_examples, generator=torch.Generator().manual_seed(cfg.seed + epoch))
-        index = order[i * cfg.batch_size : (i + 1) * cfg.batch_size]
-        x, mask = data.points[index], data.mask[index]
-        q = encoder(x, mask)
-        if cfg.presences == "enumerate":
-            elbo = model.elbo_enumerated(x, q, mask, samples=1)
-        else:
-            elbo = model.elbo(x, q, mask, samples=1, relaxed=True, temperature=cfg.temperature)
-        loss = -elbo.mean()
-        if not torch.isfinite(loss):
-            raise FloatingPointError(
-                f"the capsule ELBO became {float(loss)} at step {step}; lower --lr (now {cfg.lr:g}) and delete {out}"
+    bar = Progress(cfg.steps, "capsule training", "step", initial=step, enabled=progress)
+    try:
+        while step < cfg.steps:
+            epoch, i = divmod(step, per_epoch)
+            order = torch.randperm(
+                cfg.train_examples, generator=torch.Generator().manual_seed(cfg.seed + epoch)
             )
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        step += 1
-        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-            history.append(float(elbo.detach().mean()))
-            log.info("capsules step %d/%d: ELBO %.3f per example", step, cfg.steps, history[-1])
-            save_torch_sealed(
-                ckpt,
-                {
-                    "config": fingerprint,
-                    "model": model.state_dict(),
-                    "encoder": encoder.state_dict(),
-                    "optimizer": opt.state_dict(),
-                    "step": step,
-                    "history": history,
-                    "rng": torch.get_rng_state(),
-                },
-            )
+            index = order[i * cfg.batch_size : (i + 1) * cfg.batch_size]
+            x, mask = data.points[index], data.mask[index]
+            set_noise(model, cfg.noise_at(step))
+            opt.zero_grad()
+            elbo = _elbo(model, cfg, x, encoder(x, mask), mask)
+            loss = -elbo.mean()
+            if cfg.inference == "vote":
+                loss.backward()  # the encoder's own ELBO: its gradient to the model is dropped below
+                model.zero_grad()
+                start = vote_posterior(model, x, mask)
+                refined, _ = refine_posterior(model, x, start, cfg.refine_steps, mask, samples=4, seed=step)
+                elbo = _elbo(model, cfg, x, refined, mask)
+                loss = -elbo.mean()
+            if not torch.isfinite(loss):
+                raise FloatingPointError(
+                    f"the capsule ELBO became {float(loss)} at step {step}; lower --lr (now {cfg.lr:g}) and "
+                    f"delete {out}"
+                )
+            loss.backward()
+            opt.step()
+            step += 1
+            bar.update()
+            if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+                history.append(float(elbo.detach().mean()))
+                log.info("capsules step %d/%d: ELBO %.3f per example", step, cfg.steps, history[-1])
+                bar.update(0, postfix=f"ELBO {history[-1]:.2f}")
+                save_torch_sealed(
+                    ckpt,
+                    {
+                        "config": fingerprint,
+                        "model": model.state_dict(),
+                        "encoder": encoder.state_dict(),
+                        "optimizer": opt.state_dict(),
+                        "step": step,
+                        "history": history,
+                        "rng": torch.get_rng_state(),
+                    },
+                )
+    finally:
+        bar.close(finished=step >= cfg.steps)
     save_torch_sealed(
         out / "model.pt",
         {"config": fingerprint, "model": model.state_dict(), "encoder": encoder.state_dict()},
@@ -174,4 +237,5 @@ def load_capsules(
     model, encoder = build(cfg)
     model.load_state_dict(state["model"])
     encoder.load_state_dict(state["encoder"])
+    set_noise(model, cfg.noise_at(cfg.steps))
     return cfg, model.eval(), encoder.eval()

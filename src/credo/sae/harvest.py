@@ -24,10 +24,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from credo.progress import Progress, notice
 from credo.sae.buffer import ShuffleBuffer, drop_nonfinite
 from credo.sae.corpus import load_corpus, split_windows, start_token_id, tokenize_windows
 from credo.sae.models import layer_count, load_causal_lm, model_name
-from credo.sae.progress import Progress, notice
 from credo.sae.sites import parse_site, resolve_site, site_width
 from credo.sae.store import read_manifest
 from credo.sae.writer import ActivationWriter
@@ -151,7 +151,7 @@ def harvest(
     made, ``[n_windows, T]`` int64. Rows are in window order, position order within a window, BOS positions
     left out under ``exclude_bos``. ``max_tokens`` caps the rows counted from the first window (the last batch
     is cut to it); ``skip_windows`` starts later, for resuming. Progress: a bar on a terminal, else a line
-    every ``progress_every`` seconds (:class:`~credo.sae.progress.Progress`).
+    every ``progress_every`` seconds (:class:`~credo.progress.Progress`).
     """
     windows = data if isinstance(data, Tensor) else tokenize_windows(tokenizer, data, context_size)
     limit = getattr(model.config, "max_position_embeddings", None)

@@ -28,8 +28,8 @@ import torch.distributed as dist
 from torch import Tensor
 
 from credo.distributed import average_gradients, distributed_context, sync_module
+from credo.progress import Progress
 from credo.sae.base import SparseAutoencoder, build_sae
-from credo.sae.progress import Progress
 from credo.sae.schedules import TrainingSchedule, effective_warmup
 from credo.sae.store import ActivationStore
 from credo.sae.train_config import UNIT_NORM_DECODER, SAESpec, SAETrainConfig

@@ -23,8 +23,8 @@ from torch import Tensor
 
 from credo.config import config_to_dict
 from credo.io import atomic_write_bytes, write_json
+from credo.progress import notice
 from credo.sae.base import SparseAutoencoder
-from credo.sae.progress import notice
 from credo.sae.schedules import TrainingSchedule
 from credo.sae.store import ActivationStore
 from credo.sae.train_config import SAESpec, SAETrainConfig

@@ -6,7 +6,7 @@ bar would print nothing useful, so instead one line is logged every ``every`` se
     harvest blocks.6.hook_resid_post: 40960/50000 tok (81.9%), 2150 tok/s, ~4 s left
 
 The lines, and the one-line notices of :func:`notice` (a run resuming, a store being extended), go to the
-logger ``credo.sae.progress``. The ``credo`` command sets that logger to INFO, so they appear at its default
+logger ``credo.progress``. The ``credo`` command sets that logger to INFO, so they appear at its default
 verbosity; a Python caller sees them once it configures logging at INFO.
 """
 
@@ -19,7 +19,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-progress_log = logging.getLogger("credo.sae.progress")
+progress_log = logging.getLogger("credo.progress")
 
 
 def notice(message: str, *args: Any) -> None:

@@ -1,0 +1,205 @@
+"""An HTML page of what a trained capsule model does on constellations: the learned part templates, test point
+sets coloured by the object capsule that explains each point (truth, amortised, after test-time steps), the
+predicted object rotations against the true ones, and the bounds and scores per inference scheme."""
+
+from __future__ import annotations
+
+import html
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from credo.data.constellations import TEMPLATES, Constellations
+from credo.generative.capsule_evaluate import presence_accuracy
+from credo.generative.capsule_inference import refine_posterior, vote_posterior
+from credo.generative.capsules import CapsuleModel, CapsulePosterior
+from credo.html import PAGE_CSS, png_data
+from credo.io import atomic_write_bytes
+
+COLOURS = (
+    "tab:blue",
+    "tab:orange",
+    "tab:green",
+    "tab:red",
+    "tab:purple",
+    "tab:brown",
+    "tab:pink",
+    "tab:olive",
+)
+
+
+def templates_figure(model: CapsuleModel, shapes: tuple[str, ...]) -> Any:
+    """Top: each capsule's learned parts; bottom: the generator's patterns (own frames, up to a similarity)."""
+    import matplotlib.pyplot as plt
+
+    k = model.cfg.num_objects
+    cols = max(k, len(shapes))
+    fig, axes = plt.subplots(2, cols, figsize=(1.8 * cols, 3.8), squeeze=False)
+    parts = model.parts.detach().numpy()
+    for c in range(cols):
+        for row in range(2):
+            axes[row, c].set_aspect("equal")
+            axes[row, c].set_xticks([])
+            axes[row, c].set_yticks([])
+        if c < k:
+            axes[0, c].scatter(parts[c, :, 0], parts[c, :, 1], color=COLOURS[c % len(COLOURS)], s=30)
+            axes[0, c].set_title(f"capsule {c}", fontsize=9)
+        else:
+            axes[0, c].axis("off")
+        if c < len(shapes):
+            t = TEMPLATES[shapes[c]].numpy()
+            axes[1, c].scatter(t[:, 0], t[:, 1], color="0.3", s=30)
+            axes[1, c].set_title(shapes[c], fontsize=9)
+        else:
+            axes[1, c].axis("off")
+    return fig
+
+
+def assignments_figure(
+    model: CapsuleModel, data: Constellations, rows: list[tuple[str, CapsulePosterior | None]]
+):
+    """Columns: test examples; rows: the truth (colour = pattern) and each posterior (colour = the capsule whose
+    part explains the point best; x = clutter), with the parts of the capsules judged present as open circles."""
+    import matplotlib.pyplot as plt
+
+    n = min(8, len(data))
+    fig, axes = plt.subplots(len(rows), n, figsize=(1.7 * n, 1.8 * len(rows)), squeeze=False)
+    for r, (name, q) in enumerate(rows):
+        if q is not None:
+            obj, _ = model.assignments(data.points[:n], CapsulePosterior(*(t[:n] for t in vars(q).values())))
+            present = torch.sigmoid(q.presence_logit[:n]) > 0.5
+            placed = model.part_positions(q.pose_mean[:n]).detach()
+        for i in range(n):
+            ax = axes[r, i]
+            m = data.mask[i]
+            x = data.points[i][m].numpy()
+            group = (data.object_of[i] if q is None else obj[i])[m].numpy()
+            for g in np.unique(group):
+                sel = group == g
+                if g < 0:
+                    ax.scatter(x[sel, 0], x[sel, 1], marker="x", color="0.5", s=16)
+                else:
+                    ax.scatter(x[sel, 0], x[sel, 1], color=COLOURS[g % len(COLOURS)], s=16)
+            if q is not None:
+                for k in torch.nonzero(present[i]).flatten().tolist():
+                    p = placed[i, k].numpy()
+                    ax.scatter(
+                        p[:, 0], p[:, 1], facecolors="none", edgecolors=COLOURS[k % len(COLOURS)], s=60
+                    )
+            ax.set_xlim(-2.6, 2.6)
+            ax.set_ylim(-2.6, 2.6)
+            ax.set_aspect("equal")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i == 0:
+                ax.set_ylabel(name, fontsize=8)
+    return fig
+
+
+def rotation_figure(data: Constellations, q: CapsulePosterior, matched: list[int]) -> Any:
+    """Per pattern, the matched capsule's rotation ``atan2(beta, alpha)`` against the pattern's true rotation, on
+    the examples where the pattern is present and the capsule judged present. A learned template has its own
+    frame, so agreement is a line of slope 1 at some offset (wrapping around; a symmetric pattern repeats it)."""
+    import matplotlib.pyplot as plt
+
+    shapes = data.shapes
+    fig, axes = plt.subplots(1, len(shapes), figsize=(2.6 * len(shapes), 2.6), squeeze=False)
+    true_angle = torch.atan2(data.poses[..., 1, 0], data.poses[..., 0, 0])
+    predicted = torch.atan2(q.pose_mean[..., 1], q.pose_mean[..., 0])
+    present = torch.sigmoid(q.presence_logit) > 0.5
+    for p, name in enumerate(shapes):
+        ax = axes[0, p]
+        k = matched[p]
+        sel = data.present[:, p] & present[:, k]
+        ax.scatter(
+            np.degrees(true_angle[sel, p].numpy()),
+            np.degrees(predicted[sel, k].detach().numpy()),
+            s=5,
+            alpha=0.6,
+        )
+        ax.set_xlim(-185, 185)
+        ax.set_ylim(-185, 185)
+        ax.set_title(f"{name} -> capsule {k}", fontsize=9)
+        ax.set_xlabel("true rotation (deg)", fontsize=8)
+        if p == 0:
+            ax.set_ylabel("capsule rotation (deg)", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def _metrics_table(metrics: dict[str, Any]) -> str:
+    rows = []
+    for key, value in metrics.items():
+        if isinstance(value, dict) and "elbo" in value:
+            rows.append(
+                f"<tr><th>{html.escape(key.replace('_', ' '))}</th>"
+                + "".join(
+                    f'<td class="num">{value[m]:.4g}</td>'
+                    for m in ("elbo", "importance_bound", "assignment_ari", "presence_accuracy")
+                )
+                + "</tr>"
+            )
+    head = "<tr><th>q</th><th>ELBO</th><th>importance bound</th><th>assignment ARI</th><th>presence accuracy</th></tr>"
+    return f"<table>{head}{''.join(rows)}</table>"
+
+
+def write_capsule_report(
+    path: str | Path,
+    model: CapsuleModel,
+    encoder: torch.nn.Module,
+    data: Constellations,
+    test_steps: int,
+    metrics: dict[str, Any],
+    title: str = "capsule model on constellations",
+) -> Path:
+    """Write the page to ``path`` for test constellations ``data`` (``metrics`` as the CLI writes them)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = min(256, len(data))
+    sub = Constellations(*(getattr(data, f)[:n] for f in ("points", "mask", "object_of", "part_of", "present",
+                                                           "poses")), data.shapes)  # fmt: skip
+    with torch.no_grad():
+        amortised = encoder(sub.points, sub.mask)
+    refined, _ = refine_posterior(model, sub.points, amortised, test_steps, sub.mask)
+    voted, _ = refine_posterior(
+        model, sub.points, vote_posterior(model, sub.points, sub.mask), test_steps, sub.mask
+    )
+    matched = presence_accuracy(torch.sigmoid(refined.presence_logit), sub.present)["capsule_of_pattern"]
+    sigma = float(model.noise)
+    parts = [
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
+        f"<style>{PAGE_CSS}</style></head><body><h1>{html.escape(title)}</h1>",
+        f"<p class='note'>{model.cfg.num_objects} object capsules of {model.cfg.parts_per_object} parts; point noise "
+        f"sigma = {sigma:.3g}; {metrics.get('test_examples', len(data))} test constellations. Bounds are nats per "
+        "example (higher is better); ARI compares each point's capsule with the pattern that drew it.</p>",
+        "<h2>Bounds and scores</h2>",
+        _metrics_table(metrics),
+    ]
+    figures = [
+        ("Learned part templates", "Each capsule's parts in its own frame, above the generator's patterns.",
+         templates_figure(model, data.shapes)),
+        ("Test constellations, explained", f"Rows: truth; the encoder's q; the encoder's q after {test_steps} "
+         f"test-time steps; pose voting after {test_steps} steps. Colour: the capsule that explains the point; x: "
+         "clutter; open circles: where the present capsules put their parts.",
+         assignments_figure(model, sub, [("truth", None), ("amortised", amortised),
+                                         (f"+{test_steps} steps", refined), (f"vote +{test_steps}", voted)])),
+        ("Object rotations", "Each pattern's true rotation against its matched capsule's, after test-time steps "
+         f"from the encoder's q (Hungarian matching on presences). Rotation range of the test set: about "
+         f"{math.degrees(float(torch.atan2(data.poses[..., 1, 0], data.poses[..., 0, 0]).abs().max())):.0f} deg.",
+         rotation_figure(sub, refined, matched)),
+    ]  # fmt: skip
+    for heading, note, fig in figures:
+        parts.append(f"<h2>{heading}</h2><p class='note'>{html.escape(note)}</p>")
+        parts.append(f'<img alt="{html.escape(heading)}" src="data:image/png;base64,{png_data(fig)}">')
+        plt.close(fig)
+    parts.append("</body></html>")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, "\n".join(parts).encode())
+    return path
