@@ -261,3 +261,21 @@ def test_assignments_are_the_most_probable_component_computed_by_hand():
     q_absent = CapsulePosterior(torch.tensor([[3.0, -3.0]], dtype=torch.float64), pose, q.pose_logvar)
     obj_absent, _ = m.assignments(points[None], q_absent, mask)
     assert (obj_absent != 1).all()
+
+
+def test_fast_logsumexp_matches_torchs_including_far_off_and_infinite_terms():
+    from credo.generative.capsules import fast_logsumexp
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(50, 7, generator=g) * 300  # spreads of hundreds, as far-off parts give
+    x[3] = -math.inf  # a row with nothing present
+    x[4, :3] = -math.inf
+    got, want = fast_logsumexp(x, -1), torch.logsumexp(x, -1)
+    assert torch.equal(torch.isinf(got), torch.isinf(want))
+    finite = torch.isfinite(want)
+    torch.testing.assert_close(got[finite], want[finite], rtol=1e-6, atol=1e-6)
+    y = x.clone().requires_grad_(True)
+    fast_logsumexp(y[finite], -1).sum().backward()
+    z = x.clone().requires_grad_(True)
+    torch.logsumexp(z[finite], -1).sum().backward()
+    torch.testing.assert_close(y.grad, z.grad, rtol=1e-5, atol=1e-5)

@@ -31,7 +31,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from credo.generative.capsules import CapsuleModel, CapsulePosterior, check_points
+from credo.generative.capsules import CapsuleModel, CapsulePosterior, check_points, fast_logsumexp
 
 
 class SetEncoder(nn.Module):
@@ -137,7 +137,7 @@ def vote_posterior(
             centres = a[..., None] * parts[None, :, None, None, :] + t[..., None]  # [b, K, Q, P, N]
             diff = z[:, None, None, None, None, :] - centres[..., None]  # [b, K, Q, P, N, M]
             d2 = diff.real.square() + diff.imag.square()
-            per_point = torch.logsumexp(-0.5 * d2 / sigma**2, -2) + log_norm  # [b, K, Q, P, M]
+            per_point = fast_logsumexp(-0.5 * d2 / sigma**2, -2) + log_norm  # [b, K, Q, P, M]
             score = ((per_point - log_clutter).clamp_min(0) * mk[:, None, None, None, :]).sum(-1)
             valid = valid_pair[:, None, :, None] & ~degenerate[None, :, None, :]
             score = torch.where(valid, score, torch.full_like(score, -1.0)).flatten(2)

@@ -83,6 +83,21 @@ class CapsulePosterior:
         )
 
 
+def fast_logsumexp(x: Tensor, dim: int) -> Tensor:
+    """``logsumexp`` over ``dim`` with every term more than 80 below the largest raised to 80 below it.
+
+    Far-off parts give log densities in the -100s to -1000s, whose ``exp`` underflows to denormals, and CPUs
+    compute those up to 100 times slower than normal numbers. A raised term adds at most ``e^-80`` (1.8e-35)
+    of the largest one, far below float32 resolution, so the value is unchanged in practice; the gradient of a
+    raised term is zero, against a true ``< e^-80``."""
+    raw = x.amax(dim, keepdim=True).detach()
+    finite = torch.isfinite(raw)
+    top = torch.where(finite, raw, torch.zeros_like(raw))
+    shifted = (x - top).clamp_min(-80.0)
+    value = top.squeeze(dim) + torch.log(torch.exp(shifted).sum(dim))
+    return torch.where(finite.squeeze(dim), value, raw.squeeze(dim))  # all -inf stays -inf
+
+
 def pose_matrix(p: Tensor) -> Tensor:
     """``[..., 4]`` ``(alpha, beta, tx, ty)`` -> ``[..., 3, 3]`` homogeneous similarity transform."""
     a, b, tx, ty = p.unbind(-1)
@@ -148,8 +163,29 @@ class CapsuleModel(nn.Module):
 
     def log_likelihood(self, points: Tensor, mask: Tensor, presence: Tensor, pose: Tensor) -> Tensor:
         """``log p(X | a, A)`` ``[...]`` for points ``[B, M, 2]`` (mask ``[B, M]``) and presences ``[..., B, K]``
-        (0/1, or relaxed in (0, 1)) with poses ``[..., B, K, 4]``; the assignments summed out exactly."""
-        per_point = torch.logsumexp(self.component_log_joint(points, presence, pose), -1)  # [..., B, M]
+        (0/1, or relaxed in (0, 1)) with poses ``[..., B, K, 4]``; the assignments summed out exactly.
+
+        The sum over an object's ``N`` parts does not depend on the presences (each part has weight
+        ``a_k / (N (sum a + c))``), so it is taken once per pose, ``[..., B, M, K]``, and only the sum over objects
+        and clutter is broadcast over the presence vectors: with all ``2^K`` of them enumerated this is ``N`` times
+        less work than :meth:`component_log_joint`, which gives the same total."""
+        cfg = self.cfg
+        centres = self.part_positions(pose)  # [..., B, K, N, 2]
+        sigma = self.noise
+        d2 = (
+            (points[..., :, None, None, :] - centres[..., None, :, :, :]).square().sum(-1)
+        )  # [..., B, M, K, N]
+        log_gauss = -0.5 * d2 / sigma**2 - 2 * torch.log(sigma) - LOG_2PI
+        per_object = fast_logsumexp(log_gauss, -1) - math.log(cfg.parts_per_object)  # [..., B, M, K]
+        denom = presence.sum(-1, keepdim=True) + cfg.clutter_weight  # [..., B, 1]
+        log_w = torch.log(presence.clamp_min(1e-30)) - torch.log(denom)
+        log_w = torch.where(presence > 0, log_w, torch.full_like(log_w, -math.inf))  # [..., B, K]
+        log_clutter = (
+            math.log(cfg.clutter_weight) - torch.log(denom) - math.log((2 * cfg.clutter_extent) ** 2)
+        )
+        objects = per_object + log_w[..., None, :]  # [..., B, M, K]
+        clutter = log_clutter[..., None, :].expand(*objects.shape[:-1], 1)
+        per_point = fast_logsumexp(torch.cat([objects, clutter], -1), -1)  # [..., B, M]
         return (per_point * mask).sum(-1)
 
     # -- priors and KLs ------------------------------------------------------------------------------------
