@@ -166,7 +166,7 @@ def refine_posterior(
     steps: int,
     mask: Tensor | None = None,
     lr: float = 0.05,
-    samples: int = 8,
+    samples: int = 2,
     seed: int = 0,
     record: tuple[int, ...] = (),
     snapshots: dict[int, CapsulePosterior] | None = None,
