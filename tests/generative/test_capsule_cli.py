@@ -74,3 +74,12 @@ def test_the_report_renders_in_chromium(trained, tmp_path):
         pytest.fail("chromium is not installed: apt-get install chromium (make test does)")
     check = check_page(trained / "report.html", screenshot=tmp_path / "report.png")
     assert check.errors == []
+
+
+def test_a_rerun_with_other_settings_is_refused_not_mixed(trained, capsys):
+    before = (trained / "metrics.json").read_text()
+    changed = [a if a != "6" else "7" for a in ARGS]  # --steps 7
+    assert main(["generative", "train", "capsules", *changed, "--out", str(trained)]) == 2
+    err = capsys.readouterr().err
+    assert "trained with other settings: steps 6 (now 7)" in err and err.count("\n") == 1
+    assert (trained / "metrics.json").read_text() == before

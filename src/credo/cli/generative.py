@@ -178,8 +178,14 @@ def run_capsule_train(cmd: CapsuleTrainCommand) -> Path:
         steps=cmd.steps, seed=cmd.seed,
     )  # fmt: skip
     if not (out / "model.pt").exists():
-        train_capsules(cfg)
-    cfg, model, encoder = load_capsules(out)
+        train_capsules(cfg, progress=sys.stderr.isatty())
+    saved, model, encoder = load_capsules(out)
+    if asdict(saved) != asdict(cfg):
+        changed = [f"{k} {v} (now {asdict(cfg)[k]})" for k, v in asdict(saved).items() if asdict(cfg)[k] != v]
+        raise ValueError(
+            f"{out / 'model.pt'} was trained with other settings: {', '.join(changed)}; choose another --out, "
+            "or delete that directory to train again"
+        )
     test = ConstellationData(rotation_degrees=cmd.test_rotation_degrees).generate(
         cmd.test_examples, seed=10_000
     )

@@ -236,7 +236,8 @@ def load_capsules(
 ) -> tuple[CapsuleTrainConfig, CapsuleModel, AttentionSetEncoder | SetEncoder]:
     """The config, model and encoder saved by :func:`train_capsules` in ``out``."""
     path = Path(out) / "model.pt"
-    state = load_torch_sealed(path, f"train again into {Path(out)}")
+    fix = f"delete it and rerun the training command (it resumes from {Path(out) / 'checkpoint.pt'})"
+    state = load_torch_sealed(path, fix)
     cfg = CapsuleTrainConfig(out=str(out), **state["config"])
     model, encoder = build(cfg)
     model.load_state_dict(state["model"])
