@@ -68,3 +68,28 @@ def test_a_checkpoint_of_another_config_is_refused(tmp_path):
     (tmp_path / "c" / "model.pt").unlink()
     with pytest.raises(Exception, match="another configuration"):
         train_capsules(cfg(tmp_path / "c", steps=20, lr=1e-2))
+
+
+def test_the_distillation_kl_matches_torch_distributions():
+    from torch import distributions as D
+
+    from credo.generative.capsule_train import posterior_kl
+    from credo.generative.capsules import CapsulePosterior
+
+    g = torch.Generator().manual_seed(0)
+
+    def draw():
+        return CapsulePosterior(
+            torch.randn(5, 3, generator=g, dtype=torch.float64),
+            torch.randn(5, 3, 4, generator=g, dtype=torch.float64),
+            torch.randn(5, 3, 4, generator=g, dtype=torch.float64),
+        )
+
+    t, q = draw(), draw()
+    bern = D.kl_divergence(D.Bernoulli(logits=t.presence_logit), D.Bernoulli(logits=q.presence_logit)).sum(-1)
+    normal = D.kl_divergence(
+        D.Normal(t.pose_mean, (0.5 * t.pose_logvar).exp()), D.Normal(q.pose_mean, (0.5 * q.pose_logvar).exp())
+    ).sum(-1)
+    expected = bern + (torch.sigmoid(t.presence_logit) * normal).sum(-1)
+    torch.testing.assert_close(posterior_kl(t, q), expected)
+    assert torch.allclose(posterior_kl(t, t), torch.zeros(5, dtype=torch.float64), atol=1e-12)

@@ -8,8 +8,10 @@ averaged per example. Where the model's gradient comes from is ``inference``:
   or one broad blob): a failure of amortised inference that the benchmark measures.
 * ``vote``: an E-step that does not rely on the encoder: q from pose voting with the model's current parts
   (:func:`~credo.generative.capsule_inference.vote_posterior`), refined for ``refine_steps`` steps with the model
-  frozen; the model then takes a gradient step on the ELBO at that q. The encoder learns beside it on its own
-  ELBO, the model held fixed for that term.
+  frozen; the model then takes a gradient step on the ELBO at that q. The encoder learns beside it to amortise
+  that refined q (``encoder_objective="distil"``: minimise ``KL(q_refined || q_encoder)``, the wake-phase update
+  of wake-sleep with the refined q in place of the posterior) or on its own ELBO (``"elbo"``, the model held
+  fixed for that term; from a random start it settles on "every point is clutter").
 
 The point noise ``sigma`` follows a fixed schedule, geometric from ``noise_start`` to ``noise_end`` over the
 first ``anneal`` fraction of the steps (coarse to fine: a broad noise lets badly placed parts still feel the
@@ -28,6 +30,8 @@ from pathlib import Path
 from typing import Literal
 
 import torch
+from torch import Tensor
+from torch.nn import functional as F
 
 from credo.data.constellations import Constellations, generate_constellations
 from credo.errors import CheckpointError
@@ -37,7 +41,7 @@ from credo.generative.capsule_inference import (
     refine_posterior,
     vote_posterior,
 )
-from credo.generative.capsules import CapsuleConfig, CapsuleModel
+from credo.generative.capsules import CapsuleConfig, CapsuleModel, CapsulePosterior
 from credo.io import load_torch_sealed, save_torch_sealed, write_json
 from credo.progress import Progress
 
@@ -90,7 +94,10 @@ class CapsuleTrainConfig:
     refine_steps: int = 20
     """Test-time steps on the voted q before each model step (``inference="vote"``)."""
     refine_samples: int = 1
-    """Pose draws of those steps (fixed per step; one is 7x cheaper than four and learns as well)."""
+    """Pose draws of those steps (fixed within a step)."""
+    encoder_objective: Literal["distil", "elbo"] = "distil"
+    """With ``inference="vote"``: the encoder learns to output the refined q (minimising
+    ``KL(q_refined || q_encoder)``), or maximises its own ELBO."""
     noise_start: float = 0.15
     noise_end: float = 0.05
     anneal: float = 0.7
@@ -140,6 +147,20 @@ def set_noise(model: CapsuleModel, sigma: float) -> None:
         model.log_noise.fill_(math.log(sigma - model.cfg.min_noise))
 
 
+def posterior_kl(target: CapsulePosterior, q: CapsulePosterior) -> Tensor:
+    """``[B]`` ``KL(target || q)`` between two mean-field capsule posteriors: Bernoulli presences, and Gaussian
+    poses weighted by the target's presence probability (an absent capsule's pose does not matter)."""
+    rho, logit = torch.sigmoid(target.presence_logit), q.presence_logit
+    presence = rho * (F.logsigmoid(target.presence_logit) - F.logsigmoid(logit)) + (1 - rho) * (
+        F.logsigmoid(-target.presence_logit) - F.logsigmoid(-logit)
+    )
+    var_t, var_q = target.pose_logvar.exp(), q.pose_logvar.exp()
+    pose = 0.5 * (
+        q.pose_logvar - target.pose_logvar + (var_t + (target.pose_mean - q.pose_mean).square()) / var_q - 1
+    )
+    return presence.sum(-1) + (rho * pose.sum(-1)).sum(-1)
+
+
 def _elbo(model: CapsuleModel, cfg: CapsuleTrainConfig, x, q, mask):
     if cfg.presences == "enumerate":
         return model.elbo_enumerated(x, q, mask, samples=1)
@@ -185,15 +206,20 @@ def train_capsules(cfg: CapsuleTrainConfig, progress: bool = True) -> TrainedCap
             x, mask = data.points[index], data.mask[index]
             set_noise(model, cfg.noise_at(step))
             opt.zero_grad()
-            elbo = _elbo(model, cfg, x, encoder(x, mask), mask)
-            loss = -elbo.mean()
-            if cfg.inference == "vote":
-                loss.backward()  # the encoder's own ELBO: its gradient to the model is dropped below
-                model.zero_grad()
+            amortised = encoder(x, mask)
+            if cfg.inference == "amortised":
+                elbo = _elbo(model, cfg, x, amortised, mask)
+                loss = -elbo.mean()
+            else:
                 start = vote_posterior(model, x, mask)
                 refined, _ = refine_posterior(
                     model, x, start, cfg.refine_steps, mask, samples=cfg.refine_samples, seed=step
                 )
+                if cfg.encoder_objective == "elbo":
+                    (-_elbo(model, cfg, x, amortised, mask).mean()).backward()
+                    model.zero_grad()  # the encoder's ELBO trains the encoder only
+                else:
+                    posterior_kl(refined, amortised).mean().backward()
                 elbo = _elbo(model, cfg, x, refined, mask)
                 loss = -elbo.mean()
             if not torch.isfinite(loss):
