@@ -76,7 +76,7 @@ def test_time_curve(
     start: CapsulePosterior,
     steps: tuple[int, ...] = (0, 10, 100, 1000),
     samples: int = 64,
-    refine_samples: int = 2,
+    refine_samples: int = 8,
     lr: float = 0.05,
     seed: int = 0,
 ) -> dict[int, dict[str, float]]:

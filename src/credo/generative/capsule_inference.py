@@ -9,7 +9,10 @@ encoder's ``q`` and takes ``steps`` Adam steps on each example's own variational
 model frozen, all examples in one batch. The objective is the ELBO with the presences summed out exactly
 (:meth:`CapsuleModel.elbo_enumerated`) and the poses on a FIXED set of draws (common random numbers: the same
 ``eps`` at every step), so it is a deterministic function of the parameters; each example keeps the best
-parameters seen, so the returned bound on those draws is never below the start.
+parameters seen, so the returned bound on those draws is never below the start. Few draws are overfitted: the
+pose variances and means settle where those particular draws land well. Measured on a trained constellation
+model (256 examples, 100 steps from voting): with 2 draws the bound on the fixed draws is -35 nats but -92 on
+fresh ones; with 8, -49 and -58; with 32, -51 and -52. Hence the default of 8.
 
 Pose voting (:func:`vote_posterior`) is a non-amortised start that uses the generative model's own parts: two
 point correspondences fix a 2-D similarity transform, so for every capsule ``k``, every pair of observed points
@@ -166,7 +169,7 @@ def refine_posterior(
     steps: int,
     mask: Tensor | None = None,
     lr: float = 0.05,
-    samples: int = 2,
+    samples: int = 8,
     seed: int = 0,
     record: tuple[int, ...] = (),
     snapshots: dict[int, CapsulePosterior] | None = None,
