@@ -131,7 +131,7 @@ class TrainedCapsules:
     model: CapsuleModel
     encoder: AttentionSetEncoder | SetEncoder
     history: list[float]
-    """Mean training ELBO per example, every ``checkpoint_every`` steps."""
+    """Training ELBO per example (the model's objective), averaged over the batches since the last checkpoint."""
 
 
 def build(cfg: CapsuleTrainConfig) -> tuple[CapsuleModel, AttentionSetEncoder | SetEncoder]:
@@ -196,6 +196,7 @@ def train_capsules(cfg: CapsuleTrainConfig, progress: bool = True) -> TrainedCap
         log.info("resuming capsules from %s at step %d/%d", ckpt, step, cfg.steps)
     per_epoch = cfg.train_examples // cfg.batch_size
     bar = Progress(cfg.steps, "capsule training", "step", initial=step, enabled=progress)
+    window: list[float] = []  # this checkpoint interval's batch ELBOs (a resume starts at a checkpoint)
     try:
         while step < cfg.steps:
             epoch, i = divmod(step, per_epoch)
@@ -231,8 +232,10 @@ def train_capsules(cfg: CapsuleTrainConfig, progress: bool = True) -> TrainedCap
             opt.step()
             step += 1
             bar.update()
+            window.append(float(elbo.detach().mean()))
             if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-                history.append(float(elbo.detach().mean()))
+                history.append(sum(window) / len(window))
+                window.clear()
                 log.info("capsules step %d/%d: ELBO %.3f per example", step, cfg.steps, history[-1])
                 bar.update(0, postfix=f"ELBO {history[-1]:.2f}")
                 save_torch_sealed(
