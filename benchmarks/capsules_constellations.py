@@ -51,7 +51,7 @@ from credo.io import read_json, write_json
 log = logging.getLogger("capsules_constellations")
 BUDGETS = {
     "full": {"steps": 3000, "train": 20_000, "test": 512, "tto": (0, 10, 100, 1000), "view_steps": 100},
-    "test": {"steps": 12, "train": 256, "test": 32, "tto": (0, 2, 5), "view_steps": 3},
+    "test": {"steps": 12, "train": 256, "test": 32, "tto": (0, 2, 5), "view_steps": 2},
 }
 VIEWS = (45.0, 90.0, 180.0)
 SYMMETRY = {"square": 4, "triangle": 1, "pentagon": 5, "l-shape": 1}
@@ -78,9 +78,32 @@ def reconstruction(model, data: Constellations, q) -> float:
     return float((ll / data.mask.sum(1)).mean())
 
 
-def subset(data: Constellations, index: torch.Tensor) -> Constellations:
-    fields = ("points", "mask", "object_of", "part_of", "present", "poses")
-    return Constellations(*(getattr(data, f)[index] for f in fields), data.shapes)
+def closest_centres(data: Constellations) -> torch.Tensor:
+    """``[B]`` the smallest distance between the centres (translations) of two present patterns; inf with one."""
+    centres = data.poses[..., :2, 2]
+    d = (centres[:, :, None] - centres[:, None, :]).norm(dim=-1)
+    both = (
+        data.present[:, :, None] & data.present[:, None, :] & ~torch.eye(len(data.shapes), dtype=torch.bool)
+    )
+    return torch.where(both, d, torch.full_like(d, math.inf)).flatten(1).min(1).values
+
+
+def overlap_quartiles(model, data: Constellations, q) -> dict:
+    """The assignment ARI of ``q`` per quartile of :func:`closest_centres` over examples with two or more
+    patterns, with each quartile's mean closest distance."""
+    obj, _ = model.assignments(data.points, q, data.mask)
+    closest = closest_centres(data)
+    several = torch.isfinite(closest)
+    edges = torch.quantile(closest[several], torch.tensor([0.25, 0.5, 0.75]))
+    bins = torch.bucketize(closest, edges)
+    out = {}
+    for i in range(4):
+        pick = several & (bins == i)
+        out[f"q{i + 1}"] = {
+            "closest_centres_mean": float(closest[pick].mean()),
+            "ari": assignment_ari(obj[pick], data.object_of[pick], data.mask[pick]),
+        }
+    return out
 
 
 def evaluate_seed(args, seed: int) -> dict:
@@ -93,9 +116,10 @@ def evaluate_seed(args, seed: int) -> dict:
     with torch.no_grad():
         amortised = encoder(test.points, test.mask)
     voted = vote_posterior(model, test.points, test.mask)
+    refined_vote: dict = {}
     row: dict = {
         "tto_amortised": test_time_curve(model, test, amortised, b["tto"]),
-        "tto_vote": test_time_curve(model, test, voted, b["tto"]),
+        "tto_vote": test_time_curve(model, test, voted, b["tto"], snapshots=refined_vote),
     }
 
     # viewpoint, against a set autoencoder trained on the same data and noise schedule
@@ -139,28 +163,7 @@ def evaluate_seed(args, seed: int) -> dict:
                                  "gap": float((iw - elbo).mean())}  # fmt: skip
 
     # (b) overlap: ARI after voting and refinement, by quartile of the closest pair of present objects
-    qv, _ = refine_posterior(model, test.points, voted, k, test.mask)
-    obj, _ = model.assignments(test.points, qv, test.mask)
-    centres = test.poses[..., :2, 2]
-    d = (centres[:, :, None] - centres[:, None, :]).norm(dim=-1)
-    both = (
-        test.present[:, :, None] & test.present[:, None, :] & ~torch.eye(len(test.shapes), dtype=torch.bool)
-    )
-    closest = torch.where(both, d, torch.full_like(d, math.inf)).flatten(1).min(1).values
-    several = torch.isfinite(closest)
-    edges = torch.quantile(closest[several], torch.tensor([0.25, 0.5, 0.75]))
-    bins = torch.bucketize(closest, edges)
-    row["overlap"] = {
-        f"q{i + 1}": {
-            "closest_centres_mean": float(closest[several & (bins == i)].mean()),
-            "ari": assignment_ari(
-                obj[several & (bins == i)],
-                test.object_of[several & (bins == i)],
-                test.mask[several & (bins == i)],
-            ),  # fmt: skip
-        }
-        for i in range(4)
-    }
+    row["overlap"] = overlap_quartiles(model, test, refined_vote[k])  # view_steps is one of the tto counts
     write_json(done, row)
     log.info("seed %d evaluated", seed)
     return read_json(done, f"delete {done} to evaluate seed {seed} again")  # JSON keys: the same on a resume

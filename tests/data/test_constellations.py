@@ -64,3 +64,13 @@ def test_rotation_range_and_bad_arguments():
         generate_constellations(4, shapes=("hexagon",))
     with pytest.raises(ValueError, match="n >= 1"):
         generate_constellations(0)
+
+
+def test_a_subset_keeps_each_examples_points_with_their_truth():
+    c = generate_constellations(10, clutter=1.0, seed=4)
+    pick = torch.tensor([7, 2, 5])
+    sub = c.subset(pick)
+    for row, i in enumerate(pick.tolist()):
+        for name in ("points", "mask", "object_of", "part_of", "present", "poses"):
+            assert torch.equal(getattr(sub, name)[row], getattr(c, name)[i]), name
+    assert sub.shapes == c.shapes and len(c.subset(c.present[:, 0])) == int(c.present[:, 0].sum())

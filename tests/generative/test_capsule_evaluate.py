@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 
+import pytest
 import torch
 from sklearn.metrics import adjusted_rand_score
 
@@ -33,3 +34,22 @@ def test_presence_accuracy_is_the_best_one_to_one_matching_by_brute_force():
     )
     assert got["accuracy"] == best / 150
     assert got["capsule_of_pattern"][0] == 2
+
+
+def test_each_point_of_the_test_time_curve_is_a_separate_refinement_evaluated():
+    from credo.data.constellations import generate_constellations
+    from credo.generative.capsule_evaluate import evaluate_posterior, test_time_curve
+    from credo.generative.capsule_inference import refine_posterior, vote_posterior
+    from credo.generative.capsules import CapsuleConfig, CapsuleModel
+
+    torch.manual_seed(0)
+    model = CapsuleModel(CapsuleConfig(num_objects=4, parts_per_object=3)).double()
+    data = generate_constellations(10, seed=2)
+    data.points = data.points.double()
+    start = vote_posterior(model, data.points, data.mask)
+    kept: dict = {}
+    curve = test_time_curve(model, data, start, (0, 3, 7), samples=16, snapshots=kept)
+    for steps in (0, 3, 7):
+        alone, _ = refine_posterior(model, data.points, start, steps, data.mask, samples=8, seed=0)
+        assert curve[steps] == pytest.approx(evaluate_posterior(model, data, alone, samples=16, seed=0))
+        torch.testing.assert_close(kept[steps].pose_mean, alone.pose_mean)

@@ -112,3 +112,6 @@ def test_pose_voting_refuses_objects_of_one_part():
     m = CapsuleModel(CapsuleConfig(num_objects=2, parts_per_object=1))
     with pytest.raises(ValueError, match="at least two parts"):
         vote_posterior(m, torch.zeros(1, 3, 2))
+    m2 = CapsuleModel(CapsuleConfig(num_objects=2, parts_per_object=3))
+    with pytest.raises(ValueError, match="at least two points"):
+        vote_posterior(m2, torch.zeros(4, 1, 2))

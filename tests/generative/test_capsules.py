@@ -59,6 +59,9 @@ def test_the_point_likelihood_sums_every_assignment_exactly():
                 prob = prob * (1 / 2) / denom * dens
         total = total + prob
     torch.testing.assert_close(got[0], torch.log(total))
+    # the per-component table the assignments read sums to the same likelihood
+    joint = m.component_log_joint(points, presence, pose)
+    torch.testing.assert_close(torch.logsumexp(joint, -1).sum(-1)[0], torch.log(total))
 
 
 def test_with_no_object_present_every_point_is_clutter():

@@ -148,6 +148,7 @@ class CapsuleTrainCommand:
 def run_capsule_train(cmd: CapsuleTrainCommand) -> Path:
     import torch
 
+    from credo.data.constellations import SHAPES
     from credo.generative.capsule_evaluate import test_time_curve
     from credo.generative.capsule_inference import vote_posterior
     from credo.generative.capsule_report import write_capsule_report
@@ -165,7 +166,7 @@ def run_capsule_train(cmd: CapsuleTrainCommand) -> Path:
         raise ValueError(
             f"need --test-steps >= 0 and --test-examples >= 1, got {cmd.test_steps}, {cmd.test_examples}"
         )
-    patterns = len(ConstellationData().generate(1, seed=0).shapes)
+    patterns = len(SHAPES)
     if cmd.objects < patterns:
         raise ValueError(
             f"--objects must be at least the {patterns} patterns of the constellations (got {cmd.objects}), so "
@@ -180,8 +181,9 @@ def run_capsule_train(cmd: CapsuleTrainCommand) -> Path:
     if not (out / "model.pt").exists():
         train_capsules(cfg, progress=sys.stderr.isatty())
     saved, model, encoder = load_capsules(out)
-    if asdict(saved) != asdict(cfg):
-        changed = [f"{k} {v} (now {asdict(cfg)[k]})" for k, v in asdict(saved).items() if asdict(cfg)[k] != v]
+    was, now = asdict(saved), asdict(cfg)
+    if was != now:
+        changed = [f"{k} {v} (now {now[k]})" for k, v in was.items() if now[k] != v]
         raise ValueError(
             f"{out / 'model.pt'} was trained with other settings: {', '.join(changed)}; choose another --out, "
             "or delete that directory to train again"
@@ -193,9 +195,10 @@ def run_capsule_train(cmd: CapsuleTrainCommand) -> Path:
         amortised = encoder(test.points, test.mask)
     voted = vote_posterior(model, test.points, test.mask)
     steps = tuple(sorted({0, min(10, cmd.test_steps), cmd.test_steps}))
+    refined: dict[str, dict] = {"amortised": {}, "vote": {}}
     curves = {
-        "amortised": test_time_curve(model, test, amortised, steps),
-        "vote": test_time_curve(model, test, voted, steps),
+        "amortised": test_time_curve(model, test, amortised, steps, snapshots=refined["amortised"]),
+        "vote": test_time_curve(model, test, voted, steps, snapshots=refined["vote"]),
     }
     metrics = {
         "command": asdict(cmd),
@@ -204,6 +207,8 @@ def run_capsule_train(cmd: CapsuleTrainCommand) -> Path:
         **{f"{start}_after_{s}_steps": curves[start][s] for start in curves for s in steps},
     }
     write_json(out / "metrics.json", metrics)
-    report = write_capsule_report(out / "report.html", model, encoder, test, cmd.test_steps, metrics)
+    k = cmd.test_steps
+    shown = {"amortised": amortised, f"+{k} steps": refined["amortised"][k], f"vote +{k}": refined["vote"][k]}
+    report = write_capsule_report(out / "report.html", model, test, shown, f"+{k} steps", metrics)
     sys.stdout.write(f"{out / 'metrics.json'}\nreport: {report}\n")
     return out

@@ -43,6 +43,8 @@ TEMPLATES: dict[str, Tensor] = {
     "l-shape": _centred([(0, 2), (0, 1), (0, 0), (1, 0)]),
 }
 """Part positions of each pattern in its own frame ``[N_k, 2]``."""
+SHAPES = tuple(TEMPLATES)
+"""Every pattern, in the order a constellation set indexes them by default."""
 
 
 @dataclass
@@ -70,6 +72,11 @@ class Constellations:
     def __len__(self) -> int:
         return len(self.points)
 
+    def subset(self, index) -> Constellations:
+        """The examples ``index`` picks (a slice, indices or a boolean mask), with their truth."""
+        fields = (self.points, self.mask, self.object_of, self.part_of, self.present, self.poses)
+        return Constellations(*(f[index] for f in fields), self.shapes)
+
 
 def similarity(theta: Tensor, scale: Tensor, translation: Tensor) -> Tensor:
     """``[...]``, ``[...]``, ``[..., 2]`` -> ``[..., 3, 3]``: ``[[s R(theta), t], [0, 0, 1]]``."""
@@ -90,7 +97,7 @@ def apply_pose(pose: Tensor, points: Tensor) -> Tensor:
 
 def generate_constellations(
     n: int,
-    shapes: tuple[str, ...] = ("square", "triangle", "pentagon", "l-shape"),
+    shapes: tuple[str, ...] = SHAPES,
     presence: float = 0.75,
     rotation: tuple[float, float] = (-math.pi, math.pi),
     scale: tuple[float, float] = (0.5, 1.0),

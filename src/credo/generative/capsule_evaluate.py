@@ -79,12 +79,13 @@ def test_time_curve(
     refine_samples: int = 8,
     lr: float = 0.05,
     seed: int = 0,
+    snapshots: dict[int, CapsulePosterior] | None = None,
 ) -> dict[int, dict[str, float]]:
     """:func:`evaluate_posterior` of ``start`` refined for each step count in ``steps`` (one refinement run,
-    snapshots on the way), plus per-example ELBOs for error bars: ``{step: {metric: value, ...}}``."""
+    snapshots on the way): ``{step: {metric: value}}``. A ``snapshots`` dict gets the refined q at each count."""
     from credo.generative.capsule_inference import refine_posterior
 
-    kept: dict[int, CapsulePosterior] = {}
+    kept: dict[int, CapsulePosterior] = {} if snapshots is None else snapshots
     refine_posterior(
         model, data.points, start, max(steps), data.mask, lr=lr, samples=refine_samples, seed=seed,
         record=tuple(steps), snapshots=kept,

@@ -109,16 +109,17 @@ def vote_posterior(
     if n < 2:
         raise ValueError("pose voting needs at least two parts per object (parts_per_object >= 2)")
     b, m, _ = points.shape
+    if m < 2:
+        raise ValueError("pose voting needs point sets of at least two points")
     with torch.no_grad():
         sigma = model.noise.to(points.dtype)
-        parts = torch.complex(model.parts[..., 0], model.parts[..., 1]).to(points.device)  # [K, N]
-        if points.dtype == torch.float64:
-            parts = parts.to(torch.complex128)
+        own = model.parts.to(points)
+        parts = torch.complex(own[..., 0], own[..., 1])  # [K, N]
         n1, n2 = torch.triu_indices(n, n, 1, device=points.device)
         span = parts[:, n2] - parts[:, n1]  # [K, P]
         degenerate = span.abs() < 1e-6
         span = torch.where(degenerate, torch.ones_like(span), span)
-        log_clutter = -math.log((2 * cfg.clutter_extent) ** 2)
+        log_clutter = cfg.clutter_log_density
         log_norm = -2 * torch.log(sigma) - math.log(2 * math.pi) - math.log(n)
         poses, scores = [], []
         for s in range(0, b, chunk):
@@ -128,9 +129,7 @@ def vote_posterior(
             dist = dist.masked_fill(
                 ~mk[:, None, :] | torch.eye(m, dtype=torch.bool, device=x.device), math.inf
             )
-            near = dist.topk(min(neighbours, m - 1), -1, largest=False).indices if m > 1 else None
-            if near is None:
-                raise ValueError("pose voting needs point sets of at least two points")
+            near = dist.topk(min(neighbours, m - 1), -1, largest=False).indices
             first = torch.arange(m, device=x.device)[None, :, None].expand_as(near).flatten(1)  # [b, Q]
             second = near.flatten(1)
             valid_pair = mk.gather(1, first) & mk.gather(1, second)  # [b, Q]

@@ -14,7 +14,6 @@ import torch
 
 from credo.data.constellations import TEMPLATES, Constellations
 from credo.generative.capsule_evaluate import presence_accuracy
-from credo.generative.capsule_inference import refine_posterior, vote_posterior
 from credo.generative.capsules import CapsuleModel, CapsulePosterior
 from credo.html import PAGE_CSS, png_data
 from credo.io import atomic_write_bytes
@@ -69,7 +68,7 @@ def assignments_figure(
     fig, axes = plt.subplots(len(rows), n, figsize=(1.7 * n, 1.8 * len(rows)), squeeze=False)
     for r, (name, q) in enumerate(rows):
         if q is not None:
-            obj, _ = model.assignments(data.points[:n], CapsulePosterior(*(t[:n] for t in vars(q).values())))
+            obj, _ = model.assignments(data.points[:n], q.select(slice(n)), data.mask[:n])
             present = torch.sigmoid(q.presence_logit[:n]) > 0.5
             placed = model.part_positions(q.pose_mean[:n]).detach()
         for i in range(n):
@@ -149,50 +148,42 @@ def _metrics_table(metrics: dict[str, Any]) -> str:
 def write_capsule_report(
     path: str | Path,
     model: CapsuleModel,
-    encoder: torch.nn.Module,
     data: Constellations,
-    test_steps: int,
+    posteriors: dict[str, CapsulePosterior],
+    posed: str,
     metrics: dict[str, Any],
     title: str = "capsule model on constellations",
 ) -> Path:
-    """Write the page to ``path`` for test constellations ``data`` (``metrics`` as the CLI writes them)."""
+    """Write the page to ``path`` for test constellations ``data``: ``posteriors`` are q's over all of ``data``
+    by label (one row of the assignment figure each), ``posed`` the label whose poses the rotation figure shows,
+    ``metrics`` as the CLI writes them."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    n = min(256, len(data))
-    sub = Constellations(*(getattr(data, f)[:n] for f in ("points", "mask", "object_of", "part_of", "present",
-                                                           "poses")), data.shapes)  # fmt: skip
-    with torch.no_grad():
-        amortised = encoder(sub.points, sub.mask)
-    refined, _ = refine_posterior(model, sub.points, amortised, test_steps, sub.mask)
-    voted, _ = refine_posterior(
-        model, sub.points, vote_posterior(model, sub.points, sub.mask), test_steps, sub.mask
-    )
-    matched = presence_accuracy(torch.sigmoid(refined.presence_logit), sub.present)["capsule_of_pattern"]
+    q = posteriors[posed]
+    matched = presence_accuracy(torch.sigmoid(q.presence_logit), data.present)["capsule_of_pattern"]
     sigma = float(model.noise)
+    largest = math.degrees(float(torch.atan2(data.poses[..., 1, 0], data.poses[..., 0, 0]).abs().max()))
     parts = [
         f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
         f"<style>{PAGE_CSS}</style></head><body><h1>{html.escape(title)}</h1>",
         f"<p class='note'>{model.cfg.num_objects} object capsules of {model.cfg.parts_per_object} parts; point noise "
-        f"sigma = {sigma:.3g}; {metrics.get('test_examples', len(data))} test constellations. Bounds are nats per "
-        "example (higher is better); ARI compares each point's capsule with the pattern that drew it.</p>",
+        f"sigma = {sigma:.3g}; {len(data)} test constellations. Bounds are nats per example (higher is better); "
+        "ARI compares each point's capsule with the pattern that drew it.</p>",
         "<h2>Bounds and scores</h2>",
         _metrics_table(metrics),
     ]
     figures = [
         ("Learned part templates", "Each capsule's parts in its own frame, above the generator's patterns.",
          templates_figure(model, data.shapes)),
-        ("Test constellations, explained", f"Rows: truth; the encoder's q; the encoder's q after {test_steps} "
-         f"test-time steps; pose voting after {test_steps} steps. Colour: the capsule that explains the point; x: "
-         "clutter; open circles: where the present capsules put their parts.",
-         assignments_figure(model, sub, [("truth", None), ("amortised", amortised),
-                                         (f"+{test_steps} steps", refined), (f"vote +{test_steps}", voted)])),
-        ("Object rotations", "Each pattern's true rotation against its matched capsule's, after test-time steps "
-         f"from the encoder's q (Hungarian matching on presences). Rotation range of the test set: about "
-         f"{math.degrees(float(torch.atan2(data.poses[..., 1, 0], data.poses[..., 0, 0]).abs().max())):.0f} deg.",
-         rotation_figure(sub, refined, matched)),
+        ("Test constellations, explained", f"Rows: the truth, then {', '.join(posteriors)}. Colour: the capsule "
+         "that explains the point; x: clutter; open circles: where the present capsules put their parts.",
+         assignments_figure(model, data, [("truth", None), *posteriors.items()])),
+        ("Object rotations", f"Each pattern's true rotation against its matched capsule's ({posed}; Hungarian "
+         f"matching on presences). Rotations of the test set reach about {largest:.0f} deg.",
+         rotation_figure(data, q, matched)),
     ]  # fmt: skip
     for heading, note, fig in figures:
         parts.append(f"<h2>{heading}</h2><p class='note'>{html.escape(note)}</p>")

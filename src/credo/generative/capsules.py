@@ -67,6 +67,11 @@ class CapsuleConfig:
         if not self.clutter_weight > 0:
             raise ValueError(f"clutter_weight must be > 0, got {self.clutter_weight}")
 
+    @property
+    def clutter_log_density(self) -> float:
+        """``log U(box)``: the clutter component's log density at any point of the box."""
+        return -math.log((2 * self.clutter_extent) ** 2)
+
 
 @dataclass
 class CapsulePosterior:
@@ -81,6 +86,10 @@ class CapsulePosterior:
         return CapsulePosterior(
             self.presence_logit.detach(), self.pose_mean.detach(), self.pose_logvar.detach()
         )
+
+    def select(self, index) -> CapsulePosterior:
+        """The posteriors of the examples ``index`` picks (a slice, indices or a boolean mask)."""
+        return CapsulePosterior(self.presence_logit[index], self.pose_mean[index], self.pose_logvar[index])
 
 
 def fast_logsumexp(x: Tensor, dim: int) -> Tensor:
@@ -141,50 +150,47 @@ class CapsuleModel(nn.Module):
         a = pose_matrix(pose)
         return self.parts @ a[..., :2, :2].transpose(-1, -2) + a[..., None, :2, 2]
 
+    def _log_gauss(self, points: Tensor, pose: Tensor) -> Tensor:
+        """``[..., B, M, K, N]``: ``log N(x_m; A_k m_kn, sigma^2 I)`` for points ``[B, M, 2]`` and poses
+        ``[..., B, K, 4]``."""
+        centres = self.part_positions(pose)  # [..., B, K, N, 2]
+        d2 = (points[..., :, None, None, :] - centres[..., None, :, :, :]).square().sum(-1)
+        sigma = self.noise
+        return -0.5 * d2 / sigma**2 - 2 * torch.log(sigma) - LOG_2PI
+
+    def _log_weights(self, presence: Tensor) -> tuple[Tensor, Tensor]:
+        """For presences ``[..., B, K]``: each object's log mixture weight ``log(a_k / (sum a + c))``
+        ``[..., B, K]`` (-inf when absent; its parts share it equally) and clutter's ``log(c / (sum a + c))``
+        ``[..., B]``."""
+        denom = presence.sum(-1, keepdim=True) + self.cfg.clutter_weight  # [..., B, 1]
+        log_w = torch.log(presence.clamp_min(1e-30)) - torch.log(denom)
+        log_w = torch.where(presence > 0, log_w, torch.full_like(log_w, -math.inf))
+        return log_w, math.log(self.cfg.clutter_weight) - torch.log(denom[..., 0])
+
     def component_log_joint(self, points: Tensor, presence: Tensor, pose: Tensor) -> Tensor:
         """``[..., B, M, K*N + 1]``: ``log`` (mixture weight x density) of every point under every part
         (object-major, part-minor) and, in the last column, under clutter; ``logsumexp`` over the last axis is
         the point's log-likelihood, ``argmax`` its most probable component."""
-        cfg = self.cfg
-        n = cfg.parts_per_object
-        centres = self.part_positions(pose).flatten(-3, -2)  # [..., B, K*N, 2]
-        sigma = self.noise
-        d2 = (points[..., :, None, :] - centres[..., None, :, :]).square().sum(-1)  # [..., B, M, K*N]
-        log_gauss = -0.5 * d2 / sigma**2 - 2 * torch.log(sigma) - LOG_2PI
-        denom = presence.sum(-1, keepdim=True) + cfg.clutter_weight  # [..., B, 1]
-        weight = presence.repeat_interleave(n, -1)
-        log_w = torch.log(weight.clamp_min(1e-30)) - math.log(n) - torch.log(denom)
-        log_w = torch.where(weight > 0, log_w, torch.full_like(log_w, -math.inf))
-        log_clutter = (
-            math.log(cfg.clutter_weight) - torch.log(denom) - math.log((2 * cfg.clutter_extent) ** 2)
-        )
-        parts = log_gauss + log_w[..., None, :]  # [..., B, M, K*N], broadcast over presence and pose draws
-        return torch.cat([parts, log_clutter[..., None, :].expand(*parts.shape[:-1], 1)], -1)
+        log_w, log_c = self._log_weights(presence)
+        log_part_w = log_w - math.log(self.cfg.parts_per_object)
+        parts = (self._log_gauss(points, pose) + log_part_w[..., None, :, None]).flatten(
+            -2
+        )  # [..., B, M, K*N]
+        clutter = (log_c + self.cfg.clutter_log_density)[..., None, None].expand(*parts.shape[:-1], 1)
+        return torch.cat([parts, clutter], -1)
 
     def log_likelihood(self, points: Tensor, mask: Tensor, presence: Tensor, pose: Tensor) -> Tensor:
         """``log p(X | a, A)`` ``[...]`` for points ``[B, M, 2]`` (mask ``[B, M]``) and presences ``[..., B, K]``
         (0/1, or relaxed in (0, 1)) with poses ``[..., B, K, 4]``; the assignments summed out exactly.
 
-        The sum over an object's ``N`` parts does not depend on the presences (each part has weight
-        ``a_k / (N (sum a + c))``), so it is taken once per pose, ``[..., B, M, K]``, and only the sum over objects
-        and clutter is broadcast over the presence vectors: with all ``2^K`` of them enumerated this is ``N`` times
-        less work than :meth:`component_log_joint`, which gives the same total."""
-        cfg = self.cfg
-        centres = self.part_positions(pose)  # [..., B, K, N, 2]
-        sigma = self.noise
-        d2 = (
-            (points[..., :, None, None, :] - centres[..., None, :, :, :]).square().sum(-1)
-        )  # [..., B, M, K, N]
-        log_gauss = -0.5 * d2 / sigma**2 - 2 * torch.log(sigma) - LOG_2PI
-        per_object = fast_logsumexp(log_gauss, -1) - math.log(cfg.parts_per_object)  # [..., B, M, K]
-        denom = presence.sum(-1, keepdim=True) + cfg.clutter_weight  # [..., B, 1]
-        log_w = torch.log(presence.clamp_min(1e-30)) - torch.log(denom)
-        log_w = torch.where(presence > 0, log_w, torch.full_like(log_w, -math.inf))  # [..., B, K]
-        log_clutter = (
-            math.log(cfg.clutter_weight) - torch.log(denom) - math.log((2 * cfg.clutter_extent) ** 2)
-        )
-        objects = per_object + log_w[..., None, :]  # [..., B, M, K]
-        clutter = log_clutter[..., None, :].expand(*objects.shape[:-1], 1)
+        The sum over an object's ``N`` parts does not depend on the presences (they share the object's weight
+        equally), so it is taken once per pose, ``[..., B, M, K]``, and only the sum over objects and clutter is
+        broadcast over the presence vectors: with all ``2^K`` of them enumerated this is ``N`` times less work
+        than the ``logsumexp`` of :meth:`component_log_joint`, which gives the same total."""
+        log_w, log_c = self._log_weights(presence)
+        per_object = fast_logsumexp(self._log_gauss(points, pose), -1) - math.log(self.cfg.parts_per_object)
+        objects = per_object + log_w[..., None, :]  # [..., B, M, K], broadcast over presence and pose draws
+        clutter = (log_c + self.cfg.clutter_log_density)[..., None, None].expand(*objects.shape[:-1], 1)
         per_point = fast_logsumexp(torch.cat([objects, clutter], -1), -1)  # [..., B, M]
         return (per_point * mask).sum(-1)
 
