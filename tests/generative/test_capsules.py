@@ -37,40 +37,85 @@ def test_pose_matrix_is_scale_times_rotation_plus_translation():
     torch.testing.assert_close(pose_matrix(torch.tensor([1.0, 0, 0, 0])), torch.eye(3))
 
 
-def test_the_point_likelihood_sums_every_assignment_exactly():
-    """Brute force: sum over each point's choice of (object, part) or clutter of the product of densities."""
-    m = model(k=2, n=2)
+@pytest.mark.parametrize("observation", ["mixture", "poisson"])
+def test_the_point_likelihood_sums_every_assignment_exactly(observation):
+    """Brute force: sum over each point's choice of (object, part) or clutter of the product of densities; the
+    Poisson model multiplies the Poisson probability of the count and the M! orderings' 1 / M!."""
+    m = model(k=2, n=2, observation=observation)
+    if observation == "poisson":
+        with torch.no_grad():
+            m.log_rate.copy_(torch.log(torch.tensor([1.5, 2.5])))
     points = f64(1, 3, 2)
     presence = torch.tensor([[1.0, 1.0]], dtype=torch.float64)
     pose = f64(1, 2, 4) * 0.5
     got = m.log_likelihood(points, torch.ones(1, 3, dtype=torch.bool), presence, pose)
     centres = m.part_positions(pose)[0].reshape(4, 2)
-    sigma, c_w, area = m.noise, m.cfg.clutter_weight, (2 * m.cfg.clutter_extent) ** 2
-    denom = 2 + c_w  # two objects present, each of weight 1 shared by its 2 parts
+    sigma, area = m.noise, (2 * m.cfg.clutter_extent) ** 2
+    if observation == "mixture":
+        denom = 2 + m.cfg.clutter_weight  # two objects present, each of weight 1 shared by its 2 parts
+        object_w, clutter_w, factor = [1 / denom, 1 / denom], m.cfg.clutter_weight / denom, 1.0
+    else:
+        object_w, clutter_w = [1.5, 2.5], m.cfg.clutter_rate
+        total_rate = 1.5 + 2.5 + clutter_w
+        # Poisson(3; total) * 3! orderings... the ordered list: e^-total total^3 / 3! * prod (w / total)
+        factor = math.exp(-total_rate) / math.factorial(3)
     total = 0.0
     for choice in itertools.product(range(5), repeat=3):
         prob = 1.0
         for j, c in enumerate(choice):
             if c == 4:
-                prob = prob * c_w / denom / area
+                prob = prob * clutter_w / area
             else:
                 cov = sigma**2 * torch.eye(2, dtype=torch.float64)
                 dens = D.MultivariateNormal(centres[c], cov).log_prob(points[0, j]).exp()
-                prob = prob * (1 / 2) / denom * dens
+                prob = prob * object_w[c // 2] / 2 * dens
         total = total + prob
+    total = total * factor
     torch.testing.assert_close(got[0], torch.log(total))
-    # the per-component table the assignments read sums to the same likelihood
+    # the per-component table the assignments read sums to the same likelihood (with the count's term)
     joint = m.component_log_joint(points, presence, pose)
-    torch.testing.assert_close(torch.logsumexp(joint, -1).sum(-1)[0], torch.log(total))
+    count = m.count_log_prob(presence, torch.ones(1, 3, dtype=torch.bool))
+    torch.testing.assert_close(torch.logsumexp(joint, -1).sum(-1)[0] + count[0], torch.log(total))
 
 
-def test_with_no_object_present_every_point_is_clutter():
-    m = model()
+def test_the_poisson_likelihood_is_a_normalised_distribution_over_point_lists():
+    """Summing the density of ordered lists over M = 0, 1, 2, ... (each integrated over the plane) gives 1: with
+    the Gaussians far inside the clutter box, each point integrates to the total rate, so the sum is
+    sum_M e^-L L^M / M! = 1; checked by Monte Carlo integration of the M = 1 and M = 2 terms on the box."""
+    m = model(k=2, n=2, observation="poisson", clutter_extent=6.0)
+    with torch.no_grad():
+        m.log_noise.fill_(math.log(1.0))  # broad, so uniform draws on the box integrate it well
+    presence = torch.tensor([[1.0, 0.0]], dtype=torch.float64)
+    pose = torch.tensor([[[0.5, 0.0, 0.0, 0.0], [0.5, 0.2, 1.0, 0.0]]], dtype=torch.float64)
+    rate = float(m.rates[0]) + m.cfg.clutter_rate
+    gen = torch.Generator().manual_seed(0)
+    box = 2 * m.cfg.clutter_extent
+    terms = []
+    for count in (0, 1, 2):
+        n_mc = 400_000
+        x = (torch.rand(n_mc, max(count, 1), 2, generator=gen, dtype=torch.float64) - 0.5) * box
+        x = x[:, :count]
+        mask = torch.ones(n_mc, count, dtype=torch.bool)
+        log_p = m.log_likelihood(x, mask, presence.expand(n_mc, 2), pose.expand(n_mc, 2, 4))
+        terms.append(float(log_p.exp().mean()) * box ** (2 * count))
+    for count, term in enumerate(terms):
+        expected = math.exp(-rate) * rate**count / math.factorial(count)
+        assert abs(term - expected) < 0.03 * expected + 1e-3, (count, term, expected)
+
+
+@pytest.mark.parametrize("observation", ["mixture", "poisson"])
+def test_with_no_object_present_every_point_is_clutter(observation):
+    m = model(observation=observation)
     points = f64(2, 4, 2)
     got = m.log_likelihood(
         points, torch.ones(2, 4, dtype=torch.bool), f64(2, 2, fill=0.0), f64(2, 2, 4, fill=0.0)
     )
-    torch.testing.assert_close(got, f64(2, fill=-4 * math.log(36.0)))
+    if observation == "mixture":
+        expected = -4 * math.log(36.0)
+    else:  # four clutter points of a Poisson process of rate r_c, uniform on the 6 x 6 box
+        r_c = m.cfg.clutter_rate
+        expected = 4 * math.log(r_c / 36.0) - r_c - math.log(24)
+    torch.testing.assert_close(got, f64(2, fill=expected))
 
 
 def test_kls_match_torch_distributions():
@@ -100,27 +145,37 @@ def exact_evidence(m: CapsuleModel, points: torch.Tensor) -> torch.Tensor:
     prior = torch.diag(m.pose_prior_sd(points) ** 2)
     sigma2 = m.noise**2
     area = (2 * cfg.clutter_extent) ** 2
-    c_w = cfg.clutter_weight  # one object present: a point is the part w.p. 1 / (1 + c), clutter c / (1 + c)
+    count = len(points[0])
+    if (
+        cfg.observation == "mixture"
+    ):  # one object present: a point is the part w.p. 1 / (1 + c), clutter c / (1 + c)
+        c_w = cfg.clutter_weight
+        part_w, clutter_w, absent_clutter_w = 1 / (1 + c_w), c_w / (1 + c_w), 1.0
+        present_count = absent_count = 0.0
+    else:  # the ordered list: e^-rate prod (weighted densities) / M!
+        r, r_c = float(m.rates[0]), cfg.clutter_rate
+        part_w, clutter_w, absent_clutter_w = r, r_c, r_c
+        present_count = -(r + r_c) - math.lgamma(count + 1)
+        absent_count = -r_c - math.lgamma(count + 1)
     log_pi, log_1m_pi = (
         torch.nn.functional.logsigmoid(m.presence_prior_logit[0]),
         torch.nn.functional.logsigmoid(-m.presence_prior_logit[0]),
     )
     x = points[0]
-    count = len(x)
     present_terms = []
     for subset in itertools.product([0, 1], repeat=count):
         chosen = [i for i in range(count) if subset[i]]
-        log_term = (count - len(chosen)) * (math.log(c_w / (1 + c_w)) - math.log(area)) + len(
-            chosen
-        ) * math.log(1 / (1 + c_w))
+        log_term = (count - len(chosen)) * (math.log(clutter_w) - math.log(area)) + len(chosen) * math.log(
+            part_w
+        )
         if chosen:
             big_j = torch.cat([jac] * len(chosen))
             cov = big_j @ prior @ big_j.T + sigma2 * torch.eye(2 * len(chosen), dtype=torch.float64)
             mean = torch.zeros(2 * len(chosen), dtype=torch.float64)
             log_term = log_term + D.MultivariateNormal(mean, cov).log_prob(x[chosen].flatten())
         present_terms.append(torch.as_tensor(log_term))
-    present = torch.logsumexp(torch.stack(present_terms), 0) + log_pi
-    absent = count * -math.log(area) + log_1m_pi
+    present = torch.logsumexp(torch.stack(present_terms), 0) + log_pi + present_count
+    absent = count * (math.log(absent_clutter_w) - math.log(area)) + log_1m_pi + absent_count
     return torch.logaddexp(present, absent)
 
 
@@ -147,8 +202,8 @@ def _fit_q(m: CapsuleModel, x: torch.Tensor, steps: int) -> CapsulePosterior:
     return q.detach()
 
 
-def _tiny(prior_ab: float) -> tuple[CapsuleModel, torch.Tensor]:
-    m = model(k=1, n=1, pose_prior_ab=prior_ab)
+def _tiny(prior_ab: float, observation: str = "poisson") -> tuple[CapsuleModel, torch.Tensor]:
+    m = model(k=1, n=1, pose_prior_ab=prior_ab, observation=observation)
     with torch.no_grad():
         m.parts.copy_(torch.tensor([[[0.8, 0.3]]]))
         m.log_noise.fill_(math.log(0.2))
@@ -156,8 +211,9 @@ def _tiny(prior_ab: float) -> tuple[CapsuleModel, torch.Tensor]:
     return m, torch.tensor([[[0.5, 0.9], [0.7, 1.1]]], dtype=torch.float64)
 
 
-def test_an_importance_bound_with_the_prior_as_proposal_recovers_the_enumerated_evidence():
-    m, x = _tiny(0.6)
+@pytest.mark.parametrize("observation", ["mixture", "poisson"])
+def test_an_importance_bound_with_the_prior_as_proposal_recovers_the_enumerated_evidence(observation):
+    m, x = _tiny(0.6, observation)
     sd = m.pose_prior_sd(x)
     prior_q = CapsulePosterior(
         m.presence_prior_logit.detach()[None], f64(1, 1, 4, fill=0.0), (2 * torch.log(sd)).expand(1, 1, 4)
@@ -215,6 +271,10 @@ def test_bad_configs_are_refused():
         CapsuleConfig(num_objects=0)
     with pytest.raises(ValueError, match="clutter_weight"):
         CapsuleConfig(clutter_weight=0.0)
+    with pytest.raises(ValueError, match="clutter_rate"):
+        CapsuleConfig(clutter_rate=-1.0)
+    with pytest.raises(ValueError, match="observation"):
+        CapsuleConfig(observation="gaussian")
 
 
 def test_the_enumerated_presence_expectation_equals_the_average_of_sampled_presences():
@@ -237,7 +297,7 @@ def test_the_enumerated_presence_expectation_equals_the_average_of_sampled_prese
 def test_assignments_are_the_most_probable_component_computed_by_hand():
     """Each point's object and part maximise (weight x density) over the present objects' parts and clutter;
     an absent object gets nothing, a far point is clutter, padding is -1."""
-    m = model(k=2, n=2)
+    m = model(k=2, n=2, observation="mixture")
     with torch.no_grad():
         m.log_noise.fill_(math.log(0.1))
     pose = f64(1, 2, 4) * 0.5

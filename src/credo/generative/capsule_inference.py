@@ -34,7 +34,13 @@ import math
 import torch
 from torch import Tensor, nn
 
-from credo.generative.capsules import CapsuleModel, CapsulePosterior, check_points, fast_logsumexp
+from credo.generative.capsules import (
+    CapsuleBase,
+    CapsuleModel,
+    CapsulePosterior,
+    check_points,
+    fast_logsumexp,
+)
 
 
 class SetEncoder(nn.Module):
@@ -162,7 +168,7 @@ def fixed_pose_draws(q: CapsulePosterior, samples: int, seed: int) -> Tensor:
 
 
 def refine_posterior(
-    model: CapsuleModel,
+    model: CapsuleBase,
     points: Tensor,
     q: CapsulePosterior,
     steps: int,
@@ -173,12 +179,13 @@ def refine_posterior(
     record: tuple[int, ...] = (),
     snapshots: dict[int, CapsulePosterior] | None = None,
 ) -> tuple[CapsulePosterior, dict[int, Tensor]]:
-    """Refine ``q`` for ``steps`` Adam steps per example (see the module). Returns the best ``q`` per example
+    """Refine ``q`` for ``steps`` Adam steps per example (see the module), for any capsule model (``points``
+    is what it observes: point sets, or images). Returns the best ``q`` per example
     and, for each step count in ``record``, the per-example best bound ``[B]`` reached by then (on the fixed
     draws; step 0 is the start); a ``snapshots`` dict gets the best ``q`` at each recorded step."""
     if steps < 0:
         raise ValueError(f"steps must be >= 0, got {steps}")
-    mask = check_points(points, mask)
+    mask = model.check_input(points, mask)
     eps = fixed_pose_draws(q, samples, seed)
     params = [t.detach().clone().requires_grad_(True) for t in (q.presence_logit, q.pose_mean, q.pose_logvar)]
     best = [t.detach().clone() for t in params]

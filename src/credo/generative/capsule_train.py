@@ -34,7 +34,9 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from credo.data.constellations import Constellations, generate_constellations
+from credo.data.part_scenes import PartScenes, generate_part_scenes
 from credo.errors import CheckpointError
+from credo.generative.capsule_images import ImageCapsuleConfig, ImageCapsuleModel, ImageEncoder
 from credo.generative.capsule_inference import (
     AttentionSetEncoder,
     SetEncoder,
@@ -170,12 +172,40 @@ def _elbo(model: CapsuleModel, cfg: CapsuleTrainConfig, x, q, mask):
 def train_capsules(cfg: CapsuleTrainConfig, progress: bool = True) -> TrainedCapsules:
     """Train (or resume) per ``cfg``; writes ``<out>/model.pt`` at the end. ``progress``: a bar on a terminal,
     a log line every 30 s otherwise (logger ``credo.progress``)."""
+    data = cfg.data.generate(cfg.train_examples, cfg.seed)
+    model, encoder = build(cfg)
+
+    def step_fn(step: int, index: Tensor) -> Tensor:
+        x, mask = data.points[index], data.mask[index]
+        set_noise(model, cfg.noise_at(step))
+        amortised = encoder(x, mask)
+        if cfg.inference == "amortised":
+            return _elbo(model, cfg, x, amortised, mask)
+        start = vote_posterior(model, x, mask)
+        refined, _ = refine_posterior(
+            model, x, start, cfg.refine_steps, mask, samples=cfg.refine_samples, seed=step
+        )
+        if cfg.encoder_objective == "elbo":
+            (-_elbo(model, cfg, x, amortised, mask).mean()).backward()
+            model.zero_grad()  # the encoder's ELBO trains the encoder only
+        else:
+            posterior_kl(refined, amortised).mean().backward()
+        return _elbo(model, cfg, x, refined, mask)
+
+    history = resumable_training(cfg, model, encoder, step_fn, "capsule", progress)
+    return TrainedCapsules(model, encoder, history)
+
+
+def resumable_training(cfg, model, encoder, step_fn, name: str, progress: bool) -> list[float]:
+    """The loop every capsule trainer shares: Adam on the model's trainable parameters and the encoder's; batches
+    of ``cfg.batch_size`` from a permutation of ``cfg.train_examples`` seeded by ``cfg.seed + epoch``;
+    ``step_fn(step, index)`` gives the batch's ELBO ``[B]`` (having backpropagated anything else it trains), whose
+    mean is maximised. A sealed checkpoint every ``cfg.checkpoint_every`` steps resumes exactly; the end writes
+    ``model.pt`` and ``training.json``. Returns the history of mean training ELBOs per checkpoint interval."""
     if not cfg.out:
         raise ValueError("name an output directory (out)")
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    data = cfg.data.generate(cfg.train_examples, cfg.seed)
-    model, encoder = build(cfg)
     params = [p for p in model.parameters() if p.requires_grad] + list(encoder.parameters())
     opt = torch.optim.Adam(params, lr=cfg.lr)
     ckpt = out / "checkpoint.pt"
@@ -193,9 +223,9 @@ def train_capsules(cfg: CapsuleTrainConfig, progress: bool = True) -> TrainedCap
         opt.load_state_dict(state["optimizer"])
         step, history = state["step"], state["history"]
         torch.set_rng_state(state["rng"])
-        log.info("resuming capsules from %s at step %d/%d", ckpt, step, cfg.steps)
+        log.info("resuming %s training from %s at step %d/%d", name, ckpt, step, cfg.steps)
     per_epoch = cfg.train_examples // cfg.batch_size
-    bar = Progress(cfg.steps, "capsule training", "step", initial=step, enabled=progress)
+    bar = Progress(cfg.steps, f"{name} training", "step", initial=step, enabled=progress)
     window: list[float] = []  # this checkpoint interval's batch ELBOs (a resume starts at a checkpoint)
     try:
         while step < cfg.steps:
@@ -204,28 +234,12 @@ def train_capsules(cfg: CapsuleTrainConfig, progress: bool = True) -> TrainedCap
                 cfg.train_examples, generator=torch.Generator().manual_seed(cfg.seed + epoch)
             )
             index = order[i * cfg.batch_size : (i + 1) * cfg.batch_size]
-            x, mask = data.points[index], data.mask[index]
-            set_noise(model, cfg.noise_at(step))
             opt.zero_grad()
-            amortised = encoder(x, mask)
-            if cfg.inference == "amortised":
-                elbo = _elbo(model, cfg, x, amortised, mask)
-                loss = -elbo.mean()
-            else:
-                start = vote_posterior(model, x, mask)
-                refined, _ = refine_posterior(
-                    model, x, start, cfg.refine_steps, mask, samples=cfg.refine_samples, seed=step
-                )
-                if cfg.encoder_objective == "elbo":
-                    (-_elbo(model, cfg, x, amortised, mask).mean()).backward()
-                    model.zero_grad()  # the encoder's ELBO trains the encoder only
-                else:
-                    posterior_kl(refined, amortised).mean().backward()
-                elbo = _elbo(model, cfg, x, refined, mask)
-                loss = -elbo.mean()
+            elbo = step_fn(step, index)
+            loss = -elbo.mean()
             if not torch.isfinite(loss):
                 raise FloatingPointError(
-                    f"the capsule ELBO became {float(loss)} at step {step}; lower --lr (now {cfg.lr:g}) and "
+                    f"the {name} ELBO became {float(loss)} at step {step}; lower --lr (now {cfg.lr:g}) and "
                     f"delete {out}"
                 )
             loss.backward()
@@ -236,7 +250,7 @@ def train_capsules(cfg: CapsuleTrainConfig, progress: bool = True) -> TrainedCap
             if step % cfg.checkpoint_every == 0 or step == cfg.steps:
                 history.append(sum(window) / len(window))
                 window.clear()
-                log.info("capsules step %d/%d: ELBO %.3f per example", step, cfg.steps, history[-1])
+                log.info("%s step %d/%d: ELBO %.3f per example", name, step, cfg.steps, history[-1])
                 bar.update(0, postfix=f"ELBO {history[-1]:.2f}")
                 save_torch_sealed(
                     ckpt,
@@ -257,7 +271,93 @@ def train_capsules(cfg: CapsuleTrainConfig, progress: bool = True) -> TrainedCap
         {"config": fingerprint, "model": model.state_dict(), "encoder": encoder.state_dict()},
     )
     write_json(out / "training.json", {"config": fingerprint, "elbo_history": history})
+    return history
+
+
+@dataclass
+class PartSceneData:
+    """How the part scenes are drawn (see :func:`credo.data.part_scenes.generate_part_scenes`)."""
+
+    source: Literal["digits", "fashion-mnist"] = "digits"
+    """Where the part templates are cut from."""
+    canvas: int = 40
+    rotation_degrees: float = 45.0
+    presence: float = 0.75
+    noise: float = 0.0
+    template_seed: int = 0
+    """Picks the part templates: the same for training and test scenes."""
+
+    def generate(self, n: int, seed: int) -> PartScenes:
+        r = math.radians(self.rotation_degrees)
+        return generate_part_scenes(
+            n, source=self.source, canvas=self.canvas, presence=self.presence, rotation=(-r, r), noise=self.noise,
+            seed=seed, template_seed=self.template_seed,
+        )  # fmt: skip
+
+
+@dataclass
+class ImageCapsuleTrainConfig:
+    """Train an image capsule model and its CNN encoder end to end on the ELBO (the paper's unified objective:
+    the encoder's q, presences summed out exactly, one pose draw per step)."""
+
+    out: str = ""
+    num_objects: int = 4
+    parts_per_object: int = 5
+    template_size: int = 11
+    hidden: int = 128
+    data: PartSceneData = field(default_factory=PartSceneData)
+    train_examples: int = 20_000
+    batch_size: int = 64
+    steps: int = 5_000
+    lr: float = 1e-3
+    seed: int = 0
+    checkpoint_every: int = 500
+
+    def __post_init__(self) -> None:
+        if isinstance(self.data, dict):
+            self.data = PartSceneData(**self.data)
+        if self.steps < 1 or self.batch_size < 1 or self.train_examples < self.batch_size:
+            raise ValueError(
+                f"need steps >= 1, batch_size >= 1 and train_examples >= batch_size; got {self.steps}, "
+                f"{self.batch_size}, {self.train_examples}"
+            )
+
+
+def build_image(cfg: ImageCapsuleTrainConfig) -> tuple[ImageCapsuleModel, ImageEncoder]:
+    torch.manual_seed(cfg.seed)
+    model = ImageCapsuleModel(
+        ImageCapsuleConfig(
+            num_objects=cfg.num_objects, parts_per_object=cfg.parts_per_object, template_size=cfg.template_size,
+            canvas=cfg.data.canvas,
+        )
+    )  # fmt: skip
+    return model, ImageEncoder(cfg.num_objects, cfg.data.canvas, cfg.hidden)
+
+
+def train_image_capsules(cfg: ImageCapsuleTrainConfig, progress: bool = True) -> TrainedCapsules:
+    """Train (or resume) the image model per ``cfg`` (see :func:`resumable_training`)."""
+    data = cfg.data.generate(cfg.train_examples, cfg.seed)
+    model, encoder = build_image(cfg)
+
+    def step_fn(step: int, index: Tensor) -> Tensor:
+        x = data.images[index]
+        return model.elbo_enumerated(x, encoder(x), samples=1)
+
+    history = resumable_training(cfg, model, encoder, step_fn, "image capsule", progress)
     return TrainedCapsules(model, encoder, history)
+
+
+def load_image_capsules(out: str | Path) -> tuple[ImageCapsuleTrainConfig, ImageCapsuleModel, ImageEncoder]:
+    """The config, model and encoder saved by :func:`train_image_capsules` in ``out``."""
+    path = Path(out) / "model.pt"
+    state = load_torch_sealed(
+        path, f"delete it and rerun the training command (it resumes from {Path(out) / 'checkpoint.pt'})"
+    )
+    cfg = ImageCapsuleTrainConfig(out=str(out), **state["config"])
+    model, encoder = build_image(cfg)
+    model.load_state_dict(state["model"])
+    encoder.load_state_dict(state["encoder"])
+    return cfg, model.eval(), encoder.eval()
 
 
 def load_capsules(

@@ -12,6 +12,27 @@ points (the constellations of Stacked Capsule Autoencoders), with ``K`` object c
 for every observed point ``x_m`` independently (its part, or clutter, is a categorical choice summed out
 exactly): every present object's parts share its weight, and clutter has the constant weight ``c``, so with
 ``j`` objects present a point is clutter with probability ``c / (j + c)``, and with none present every point is.
+This is ``observation="mixture"``. It gives the points' positions given their count, and with it a present object
+that explains no point costs only a little dilution, while two objects stacked on the same points cost nothing,
+so which objects are present is barely identified (measured: a model trained on it keeps every capsule on).
+
+``observation="poisson"`` (the default) is the Poisson point process with the intensity
+
+    lambda(x) = sum_k a_k r_k (1/N) sum_n N(x; A_k m_kn, sigma^2 I) + r_c U(x),
+
+``r_k`` the expected number of points object ``k`` emits (learned, starting at ``N``) and ``r_c`` the expected
+clutter count. The density of the ordered point list, its count included, is
+
+    log p(X | a, A) = sum_m log lambda(x_m) - (sum_k a_k r_k + r_c) - log M!,
+
+the mixture above with weights ``a_k r_k`` and ``r_c`` times the Poisson probability of the count ``M``. Now a
+present object that explains nothing costs ``r_k`` nats, and a second object on points already explained gains
+at most ``log 2`` per point against its ``r_k``, so at a given set of parts the absent objects are switched off.
+That does not make the learned parts one object each: trained by voting (2,000 steps, constellations rotated by
+up to 45 degrees) the capsules still each learn a fragment shared by several patterns (rates 1.6-3.0 points
+against the patterns' 3-5), every capsule stays present (prior 0.99), and presences classify no better than
+"all present" (0.736 against the mixture's 0.75); assignment ARI after 100 refinement steps 0.75 (mixture 0.73).
+
 ``m_kn`` are the learned part positions of object type ``k``, ``sigma`` a learned point noise. With
 ``(alpha, beta)`` Gaussian, the rotation ``atan2(beta, alpha)`` is uniform and the scale ``sqrt(alpha^2 + beta^2)``
 Rayleigh. The weights are smooth in ``a``, so a relaxed presence in (0, 1) is a partly present object.
@@ -32,6 +53,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
@@ -52,8 +74,12 @@ class CapsuleConfig:
     """``s_ab``: prior standard deviation of ``(alpha, beta)`` (rotation uniform, scale Rayleigh(s_ab))."""
     pose_prior_translation: float = 1.0
     """``s_t``: prior standard deviation of the translation."""
+    observation: Literal["poisson", "mixture"] = "poisson"
+    """How the points are generated: a Poisson point process (count included) or a mixture given the count."""
     clutter_weight: float = 0.01
-    """``c``: the (unnormalised) weight of the uniform clutter component, against 1 per present object."""
+    """``c`` (mixture): the (unnormalised) weight of the uniform clutter component, against 1 per present object."""
+    clutter_rate: float = 0.05
+    """``r_c`` (poisson): the expected number of clutter points in an example."""
     clutter_extent: float = 3.0
     """The clutter component is uniform on ``[-extent, extent]^2``."""
     min_noise: float = 0.01
@@ -64,8 +90,12 @@ class CapsuleConfig:
             raise ValueError(
                 f"need num_objects >= 1 and parts_per_object >= 1, got {self.num_objects} and {self.parts_per_object}"
             )
-        if not self.clutter_weight > 0:
-            raise ValueError(f"clutter_weight must be > 0, got {self.clutter_weight}")
+        if self.observation not in ("poisson", "mixture"):
+            raise ValueError(f"observation must be 'poisson' or 'mixture', got {self.observation!r}")
+        if not (self.clutter_weight > 0 and self.clutter_rate > 0):
+            raise ValueError(
+                f"clutter_weight and clutter_rate must be > 0, got {self.clutter_weight} and {self.clutter_rate}"
+            )
 
     @property
     def clutter_log_density(self) -> float:
@@ -129,70 +159,22 @@ def check_points(points: Tensor, mask: Tensor | None = None) -> Tensor:
     return mask
 
 
-class CapsuleModel(nn.Module):
-    """The generative model above: learned part positions ``m_kn``, presence prior logits, point noise."""
+class CapsuleBase(nn.Module):
+    """What every capsule model shares, whatever it observes: the presence prior ``Bernoulli(sigmoid(prior
+    logit))`` and the pose prior of the module, both KLs, sampling from ``q``, and the bounds. A subclass gives
+    :meth:`log_likelihood` ``log p(X | a, A)`` and :meth:`check_input`; ``cfg`` must carry ``num_objects``,
+    ``pose_prior_ab`` and ``pose_prior_translation``."""
 
-    def __init__(self, cfg: CapsuleConfig):
+    def __init__(self, cfg):
         super().__init__()
         self.cfg = cfg
-        k, n = cfg.num_objects, cfg.parts_per_object
-        self.parts = nn.Parameter(torch.randn(k, n, 2) * 0.8)
-        self.presence_prior_logit = nn.Parameter(torch.zeros(k))
-        # a broad start lets badly placed parts still explain points better than clutter; training narrows it
-        self.log_noise = nn.Parameter(torch.tensor(math.log(0.5)))
+        self.presence_prior_logit = nn.Parameter(torch.zeros(cfg.num_objects))
 
-    @property
-    def noise(self) -> Tensor:
-        return self.cfg.min_noise + torch.exp(self.log_noise)
+    def check_input(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        raise NotImplementedError
 
-    def part_positions(self, pose: Tensor) -> Tensor:
-        """``[..., K, 4]`` pose parameters -> ``[..., K, N, 2]`` where each object's parts land."""
-        a = pose_matrix(pose)
-        return self.parts @ a[..., :2, :2].transpose(-1, -2) + a[..., None, :2, 2]
-
-    def _log_gauss(self, points: Tensor, pose: Tensor) -> Tensor:
-        """``[..., B, M, K, N]``: ``log N(x_m; A_k m_kn, sigma^2 I)`` for points ``[B, M, 2]`` and poses
-        ``[..., B, K, 4]``."""
-        centres = self.part_positions(pose)  # [..., B, K, N, 2]
-        d2 = (points[..., :, None, None, :] - centres[..., None, :, :, :]).square().sum(-1)
-        sigma = self.noise
-        return -0.5 * d2 / sigma**2 - 2 * torch.log(sigma) - LOG_2PI
-
-    def _log_weights(self, presence: Tensor) -> tuple[Tensor, Tensor]:
-        """For presences ``[..., B, K]``: each object's log mixture weight ``log(a_k / (sum a + c))``
-        ``[..., B, K]`` (-inf when absent; its parts share it equally) and clutter's ``log(c / (sum a + c))``
-        ``[..., B]``."""
-        denom = presence.sum(-1, keepdim=True) + self.cfg.clutter_weight  # [..., B, 1]
-        log_w = torch.log(presence.clamp_min(1e-30)) - torch.log(denom)
-        log_w = torch.where(presence > 0, log_w, torch.full_like(log_w, -math.inf))
-        return log_w, math.log(self.cfg.clutter_weight) - torch.log(denom[..., 0])
-
-    def component_log_joint(self, points: Tensor, presence: Tensor, pose: Tensor) -> Tensor:
-        """``[..., B, M, K*N + 1]``: ``log`` (mixture weight x density) of every point under every part
-        (object-major, part-minor) and, in the last column, under clutter; ``logsumexp`` over the last axis is
-        the point's log-likelihood, ``argmax`` its most probable component."""
-        log_w, log_c = self._log_weights(presence)
-        log_part_w = log_w - math.log(self.cfg.parts_per_object)
-        parts = (self._log_gauss(points, pose) + log_part_w[..., None, :, None]).flatten(
-            -2
-        )  # [..., B, M, K*N]
-        clutter = (log_c + self.cfg.clutter_log_density)[..., None, None].expand(*parts.shape[:-1], 1)
-        return torch.cat([parts, clutter], -1)
-
-    def log_likelihood(self, points: Tensor, mask: Tensor, presence: Tensor, pose: Tensor) -> Tensor:
-        """``log p(X | a, A)`` ``[...]`` for points ``[B, M, 2]`` (mask ``[B, M]``) and presences ``[..., B, K]``
-        (0/1, or relaxed in (0, 1)) with poses ``[..., B, K, 4]``; the assignments summed out exactly.
-
-        The sum over an object's ``N`` parts does not depend on the presences (they share the object's weight
-        equally), so it is taken once per pose, ``[..., B, M, K]``, and only the sum over objects and clutter is
-        broadcast over the presence vectors: with all ``2^K`` of them enumerated this is ``N`` times less work
-        than the ``logsumexp`` of :meth:`component_log_joint`, which gives the same total."""
-        log_w, log_c = self._log_weights(presence)
-        per_object = fast_logsumexp(self._log_gauss(points, pose), -1) - math.log(self.cfg.parts_per_object)
-        objects = per_object + log_w[..., None, :]  # [..., B, M, K], broadcast over presence and pose draws
-        clutter = (log_c + self.cfg.clutter_log_density)[..., None, None].expand(*objects.shape[:-1], 1)
-        per_point = fast_logsumexp(torch.cat([objects, clutter], -1), -1)  # [..., B, M]
-        return (per_point * mask).sum(-1)
+    def log_likelihood(self, x: Tensor, mask: Tensor, presence: Tensor, pose: Tensor) -> Tensor:
+        raise NotImplementedError
 
     # -- priors and KLs ------------------------------------------------------------------------------------
     def pose_prior_sd(self, like: Tensor) -> Tensor:
@@ -231,7 +213,7 @@ class CapsuleModel(nn.Module):
 
     def elbo(
         self,
-        points: Tensor,
+        x: Tensor,
         q: CapsulePosterior,
         mask: Tensor | None = None,
         samples: int = 1,
@@ -239,14 +221,14 @@ class CapsuleModel(nn.Module):
         temperature: float = 0.5,
     ) -> Tensor:
         """``[B]`` the evidence lower bound per example (see the module for the estimator)."""
-        mask = check_points(points, mask)
+        mask = self.check_input(x, mask)
         presence, pose = self.sample_posterior(q, samples, relaxed, temperature)
-        expected = self.log_likelihood(points, mask, presence, pose).mean(0)
+        expected = self.log_likelihood(x, mask, presence, pose).mean(0)
         return expected - self.kl_presence(q) - self.kl_pose(q)
 
     def elbo_enumerated(
         self,
-        points: Tensor,
+        x: Tensor,
         q: CapsulePosterior,
         mask: Tensor | None = None,
         samples: int = 1,
@@ -256,7 +238,7 @@ class CapsuleModel(nn.Module):
         presence vectors weighted by ``q(a) = prod_k rho_k^a_k (1 - rho_k)^(1 - a_k)``, and over poses by
         ``samples`` reparameterised draws (or the given standard-normal ``eps`` ``[S, B, K, 4]``). Unbiased,
         with gradients to every parameter of ``q``; for ``K <= 10``."""
-        mask = check_points(points, mask)
+        mask = self.check_input(x, mask)
         k = self.cfg.num_objects
         if k > 10:
             raise ValueError(f"enumerating 2^{k} presence vectors is too many; use elbo(..., relaxed=True)")
@@ -265,9 +247,9 @@ class CapsuleModel(nn.Module):
                 (samples, *q.pose_mean.shape), dtype=q.pose_mean.dtype, device=q.pose_mean.device
             )
         pose = q.pose_mean + torch.exp(0.5 * q.pose_logvar) * eps  # [S, B, K, 4]
-        configs = torch.cartesian_prod(*[torch.tensor([0.0, 1.0], dtype=points.dtype)] * k).reshape(-1, k)
-        configs = configs.to(points.device)  # [C, K]
-        log_lik = self.log_likelihood(points, mask, configs[:, None, None, :], pose[None])  # [C, S, B]
+        configs = torch.cartesian_prod(*[torch.tensor([0.0, 1.0], dtype=x.dtype)] * k).reshape(-1, k)
+        configs = configs.to(x.device)  # [C, K]
+        log_lik = self.log_likelihood(x, mask, configs[:, None, None, :], pose[None])  # [C, S, B]
         log_rho, log_1m = F.logsigmoid(q.presence_logit), F.logsigmoid(-q.presence_logit)  # [B, K]
         log_q = configs @ log_rho.T + (1 - configs) @ log_1m.T  # [C, B]
         expected = (log_q.exp() * log_lik.mean(1)).sum(0)
@@ -275,25 +257,115 @@ class CapsuleModel(nn.Module):
 
     @torch.no_grad()
     def importance_bound(
-        self, points: Tensor, q: CapsulePosterior, mask: Tensor | None = None, samples: int = 256
+        self, x: Tensor, q: CapsulePosterior, mask: Tensor | None = None, samples: int = 256, chunk: int = 64
     ):
-        """``[B]`` ``log (1/S) sum_s p(X, a_s, p_s) / q(a_s, p_s)`` with exact presence draws."""
-        mask = check_points(points, mask)
-        presence, pose = self.sample_posterior(q, samples, relaxed=False)
-        log_lik = self.log_likelihood(points, mask, presence, pose)
-        sd = self.pose_prior_sd(pose)
-        log_prior_pose = (-0.5 * (pose / sd).square() - torch.log(sd) - 0.5 * LOG_2PI).sum((-1, -2))
-        std = torch.exp(0.5 * q.pose_logvar)
-        log_q_pose = (-0.5 * ((pose - q.pose_mean) / std).square() - torch.log(std) - 0.5 * LOG_2PI).sum(
-            (-1, -2)
-        )
-        log_prior_a = (presence * F.logsigmoid(self.presence_prior_logit)
-                       + (1 - presence) * F.logsigmoid(-self.presence_prior_logit)).sum(-1)  # fmt: skip
-        log_q_a = (
-            presence * F.logsigmoid(q.presence_logit) + (1 - presence) * F.logsigmoid(-q.presence_logit)
-        ).sum(-1)
-        log_w = log_lik + log_prior_pose + log_prior_a - log_q_pose - log_q_a
-        return torch.logsumexp(log_w, 0) - math.log(samples)
+        """``[B]`` ``log (1/S) sum_s p(X, a_s, p_s) / q(a_s, p_s)`` with exact presence draws (drawn and
+        weighed ``chunk`` at a time, so memory does not grow with ``samples``)."""
+        mask = self.check_input(x, mask)
+        log_w = []
+        for start in range(0, samples, chunk):
+            presence, pose = self.sample_posterior(q, min(chunk, samples - start), relaxed=False)
+            log_lik = self.log_likelihood(x, mask, presence, pose)
+            sd = self.pose_prior_sd(pose)
+            log_prior_pose = (-0.5 * (pose / sd).square() - torch.log(sd) - 0.5 * LOG_2PI).sum((-1, -2))
+            std = torch.exp(0.5 * q.pose_logvar)
+            log_q_pose = (-0.5 * ((pose - q.pose_mean) / std).square() - torch.log(std) - 0.5 * LOG_2PI).sum(
+                (-1, -2)
+            )
+            log_prior_a = (presence * F.logsigmoid(self.presence_prior_logit)
+                           + (1 - presence) * F.logsigmoid(-self.presence_prior_logit)).sum(-1)  # fmt: skip
+            log_q_a = (
+                presence * F.logsigmoid(q.presence_logit) + (1 - presence) * F.logsigmoid(-q.presence_logit)
+            ).sum(-1)
+            log_w.append(log_lik + log_prior_pose + log_prior_a - log_q_pose - log_q_a)
+        return torch.logsumexp(torch.cat(log_w), 0) - math.log(samples)
+
+
+class CapsuleModel(CapsuleBase):
+    """The generative model above: learned part positions ``m_kn``, presence prior logits, point noise."""
+
+    def __init__(self, cfg: CapsuleConfig):
+        super().__init__(cfg)
+        k, n = cfg.num_objects, cfg.parts_per_object
+        self.parts = nn.Parameter(torch.randn(k, n, 2) * 0.8)
+        if cfg.observation == "poisson":
+            self.log_rate = nn.Parameter(torch.full((k,), math.log(n)))
+        # a broad start lets badly placed parts still explain points better than clutter; training narrows it
+        self.log_noise = nn.Parameter(torch.tensor(math.log(0.5)))
+
+    @property
+    def noise(self) -> Tensor:
+        return self.cfg.min_noise + torch.exp(self.log_noise)
+
+    def part_positions(self, pose: Tensor) -> Tensor:
+        """``[..., K, 4]`` pose parameters -> ``[..., K, N, 2]`` where each object's parts land."""
+        a = pose_matrix(pose)
+        return self.parts @ a[..., :2, :2].transpose(-1, -2) + a[..., None, :2, 2]
+
+    def _log_gauss(self, points: Tensor, pose: Tensor) -> Tensor:
+        """``[..., B, M, K, N]``: ``log N(x_m; A_k m_kn, sigma^2 I)`` for points ``[B, M, 2]`` and poses
+        ``[..., B, K, 4]``."""
+        centres = self.part_positions(pose)  # [..., B, K, N, 2]
+        d2 = (points[..., :, None, None, :] - centres[..., None, :, :, :]).square().sum(-1)
+        sigma = self.noise
+        return -0.5 * d2 / sigma**2 - 2 * torch.log(sigma) - LOG_2PI
+
+    def check_input(self, points: Tensor, mask: Tensor | None = None) -> Tensor:
+        return check_points(points, mask)
+
+    @property
+    def rates(self) -> Tensor:
+        """``r_k`` ``[K]``: the expected number of points each object emits (the Poisson model)."""
+        return torch.exp(self.log_rate)
+
+    def _log_weights(self, presence: Tensor) -> tuple[Tensor, Tensor]:
+        """For presences ``[..., B, K]``: each object's log weight ``[..., B, K]`` (-inf when absent; its parts
+        share it equally) and clutter's ``[..., B]``: ``log(a_k / (sum a + c))`` and ``log(c / (sum a + c))``
+        in the mixture, ``log(a_k r_k)`` and ``log r_c`` in the Poisson model."""
+        if self.cfg.observation == "poisson":
+            log_w = torch.log(presence.clamp_min(1e-30)) + self.log_rate
+            log_c = torch.full_like(presence[..., 0], math.log(self.cfg.clutter_rate))
+        else:
+            denom = presence.sum(-1, keepdim=True) + self.cfg.clutter_weight  # [..., B, 1]
+            log_w = torch.log(presence.clamp_min(1e-30)) - torch.log(denom)
+            log_c = math.log(self.cfg.clutter_weight) - torch.log(denom[..., 0])
+        return torch.where(presence > 0, log_w, torch.full_like(log_w, -math.inf)), log_c
+
+    def count_log_prob(self, presence: Tensor, mask: Tensor) -> Tensor:
+        """``[..., B]``: the count term of the Poisson model, ``-(sum_k a_k r_k + r_c) - log M!`` (0 for the
+        mixture, which is conditioned on the count)."""
+        if self.cfg.observation != "poisson":
+            return presence.new_zeros(presence.shape[:-1])
+        count = mask.sum(-1).to(presence.dtype)
+        return -(presence * self.rates).sum(-1) - self.cfg.clutter_rate - torch.lgamma(count + 1)
+
+    def component_log_joint(self, points: Tensor, presence: Tensor, pose: Tensor) -> Tensor:
+        """``[..., B, M, K*N + 1]``: ``log`` (weight x density) of every point under every part (object-major,
+        part-minor) and, in the last column, under clutter; ``argmax`` over the last axis is the point's most
+        probable component, and ``logsumexp`` its log-likelihood term (in the Poisson model ``log lambda(x_m)``,
+        to which :meth:`count_log_prob` adds the count's term)."""
+        log_w, log_c = self._log_weights(presence)
+        log_part_w = log_w - math.log(self.cfg.parts_per_object)
+        parts = (self._log_gauss(points, pose) + log_part_w[..., None, :, None]).flatten(
+            -2
+        )  # [..., B, M, K*N]
+        clutter = (log_c + self.cfg.clutter_log_density)[..., None, None].expand(*parts.shape[:-1], 1)
+        return torch.cat([parts, clutter], -1)
+
+    def log_likelihood(self, points: Tensor, mask: Tensor, presence: Tensor, pose: Tensor) -> Tensor:
+        """``log p(X | a, A)`` ``[...]`` for points ``[B, M, 2]`` (mask ``[B, M]``) and presences ``[..., B, K]``
+        (0/1, or relaxed in (0, 1)) with poses ``[..., B, K, 4]``; the assignments summed out exactly.
+
+        The sum over an object's ``N`` parts does not depend on the presences (they share the object's weight
+        equally), so it is taken once per pose, ``[..., B, M, K]``, and only the sum over objects and clutter is
+        broadcast over the presence vectors: with all ``2^K`` of them enumerated this is ``N`` times less work
+        than the ``logsumexp`` of :meth:`component_log_joint`, which gives the same total."""
+        log_w, log_c = self._log_weights(presence)
+        per_object = fast_logsumexp(self._log_gauss(points, pose), -1) - math.log(self.cfg.parts_per_object)
+        objects = per_object + log_w[..., None, :]  # [..., B, M, K], broadcast over presence and pose draws
+        clutter = (log_c + self.cfg.clutter_log_density)[..., None, None].expand(*objects.shape[:-1], 1)
+        per_point = fast_logsumexp(torch.cat([objects, clutter], -1), -1)  # [..., B, M]
+        return (per_point * mask).sum(-1) + self.count_log_prob(presence, mask).expand(per_point.shape[:-1])
 
     @torch.no_grad()
     def assignments(
@@ -301,7 +373,7 @@ class CapsuleModel(nn.Module):
     ) -> tuple[Tensor, Tensor]:
         """At the posterior mean (presences ``rho > 1/2``, poses ``mu``): each point's most probable object
         ``[B, M]`` (-1 for clutter) and part within it ``[B, M]``."""
-        mask = check_points(points, mask)
+        mask = self.check_input(points, mask)
         cfg = self.cfg
         presence = (torch.sigmoid(q.presence_logit) > 0.5).to(points.dtype)
         best = self.component_log_joint(points, presence, q.pose_mean).argmax(-1)
