@@ -90,3 +90,33 @@ def test_a_rerun_with_other_settings_is_refused_not_mixed(trained, capsys):
     err = capsys.readouterr().err
     assert "trained with other settings: steps 6 (now 7)" in err and err.count("\n") == 1
     assert (trained / "metrics.json").read_text() == before
+
+
+IMAGE_ARGS = ["--data", "digit-scenes", "--steps", "4", "--objects", "4", "--parts", "3", "--test-examples", "6",
+              "--test-steps", "3"]  # fmt: skip
+
+
+def test_the_image_model_from_the_command_line(tmp_path):
+    """Part scenes: the saved metrics are the saved model's on the stated test scenes, recomputed; the report
+    renders; a rerun with other settings is refused."""
+    from credo.demo.browser import check_page, find_chromium
+    from credo.generative.capsule_train import PartSceneData, load_image_capsules
+
+    out = tmp_path / "img"
+    assert main(["generative", "train", "capsules", *IMAGE_ARGS, "--out", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    _, model, encoder = load_image_capsules(out)
+    test = PartSceneData(source="digits", rotation_degrees=45.0).generate(6, seed=10_000)
+    with torch.no_grad():
+        q = encoder(test.images)
+    for key, value in evaluate_posterior(model, test, q, samples=64, seed=0).items():
+        assert metrics["amortised_after_0_steps"][key] == pytest.approx(value, rel=1e-5, abs=1e-6), key
+    assert "assignment_ari" not in metrics["amortised_after_0_steps"]
+    refined, _ = refine_posterior(model, test.images, q, 3)
+    for key, value in evaluate_posterior(model, test, refined, samples=64, seed=0).items():
+        assert metrics["amortised_after_3_steps"][key] == pytest.approx(value, rel=1e-5, abs=1e-6), key
+    if find_chromium() is None:
+        pytest.fail("chromium is not installed: apt-get install chromium (make test does)")
+    assert check_page(out / "report.html", screenshot=tmp_path / "report.png").errors == []
+    changed = [a if i != 3 else "5" for i, a in enumerate(IMAGE_ARGS)]  # --steps 5
+    assert main(["generative", "train", "capsules", *changed, "--out", str(out)]) == 2

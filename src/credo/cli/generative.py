@@ -117,16 +117,19 @@ def run_generative_train(cmd: GenerativeTrainCommand) -> Path:
 
 @dataclass
 class CapsuleTrainCommand:
-    """Train the capsule generative model and its set encoder on constellations; writes <out>/model.pt,
-    <out>/metrics.json (bounds, assignment ARI, presence accuracy: amortised, and after test-time steps) and
-    <out>/report.html. Checkpoints every 500 steps: rerun the same command to resume."""
+    """Train the capsule generative model and its encoder on constellations (point sets) or part scenes (images);
+    writes <out>/model.pt, <out>/metrics.json (bounds, assignment ARI for points, presence accuracy: amortised,
+    and after test-time steps) and <out>/report.html. Checkpoints every 500 steps: rerun the same command to
+    resume."""
 
-    data: Literal["constellations"] = "constellations"
-    """Point sets of square, triangle, pentagon and L-shape patterns under random similarity transforms."""
+    data: Literal["constellations", "digit-scenes", "fashion-scenes"] = "constellations"
+    """constellations: point sets of square, triangle, pentagon and L-shape patterns under random similarity
+    transforms; digit-scenes / fashion-scenes: the same patterns drawn as 40x40 images with a part template
+    (cut from digits or Fashion-MNIST) at every point; the image model learns end to end from its CNN encoder."""
     inference: Literal["vote", "amortised"] = "vote"
-    """How the model learns: from pose voting refined by test-time steps, or from the encoder alone."""
+    """(constellations) How the model learns: from pose voting refined by test-time steps, or from the encoder."""
     encoder: Literal["deep-sets", "attention"] = "deep-sets"
-    """The amortised set encoder."""
+    """(constellations) The amortised set encoder."""
     objects: int = 4
     """Object capsules K."""
     parts: int = 5
@@ -139,7 +142,8 @@ class CapsuleTrainCommand:
     """Training steps (batches of 64)."""
     test_steps: int = 100
     """Test-time refinement steps per test example."""
-    test_examples: int = 512
+    test_examples: int = 0
+    """Test examples (0: 512 constellations or 128 scenes)."""
     seed: int = 0
     out: str = ""
     """Output directory (required)."""
@@ -162,9 +166,9 @@ def run_capsule_train(cmd: CapsuleTrainCommand) -> Path:
 
     if not cmd.out:
         raise ValueError("name an output directory: credo generative train capsules --out DIR")
-    if cmd.test_steps < 0 or cmd.test_examples < 1:
+    if cmd.test_steps < 0 or cmd.test_examples < 0:
         raise ValueError(
-            f"need --test-steps >= 0 and --test-examples >= 1, got {cmd.test_steps}, {cmd.test_examples}"
+            f"need --test-steps >= 0 and --test-examples >= 0, got {cmd.test_steps}, {cmd.test_examples}"
         )
     patterns = len(SHAPES)
     if cmd.objects < patterns:
@@ -173,6 +177,8 @@ def run_capsule_train(cmd: CapsuleTrainCommand) -> Path:
             "each pattern can be matched to a capsule"
         )
     out = Path(cmd.out)
+    if cmd.data != "constellations":
+        return _run_image_capsules(cmd, out)
     cfg = CapsuleTrainConfig(
         out=str(out), num_objects=cmd.objects, parts_per_object=cmd.parts, encoder=cmd.encoder,
         inference=cmd.inference, data=ConstellationData(rotation_degrees=cmd.rotation_degrees), batch_size=64,
@@ -181,15 +187,9 @@ def run_capsule_train(cmd: CapsuleTrainCommand) -> Path:
     if not (out / "model.pt").exists():
         train_capsules(cfg, progress=sys.stderr.isatty())
     saved, model, encoder = load_capsules(out)
-    was, now = asdict(saved), asdict(cfg)
-    if was != now:
-        changed = [f"{k} {v} (now {now[k]})" for k, v in was.items() if now[k] != v]
-        raise ValueError(
-            f"{out / 'model.pt'} was trained with other settings: {', '.join(changed)}; choose another --out, "
-            "or delete that directory to train again"
-        )
+    _refuse_other_settings(out, saved, cfg)
     test = ConstellationData(rotation_degrees=cmd.test_rotation_degrees).generate(
-        cmd.test_examples, seed=10_000
+        cmd.test_examples or 512, seed=10_000
     )
     with torch.no_grad():
         amortised = encoder(test.points, test.mask)
@@ -202,7 +202,7 @@ def run_capsule_train(cmd: CapsuleTrainCommand) -> Path:
     }
     metrics = {
         "command": asdict(cmd),
-        "test_examples": cmd.test_examples,
+        "test_examples": len(test),
         "noise": float(model.noise),
         **{f"{start}_after_{s}_steps": curves[start][s] for start in curves for s in steps},
     }
@@ -210,5 +210,59 @@ def run_capsule_train(cmd: CapsuleTrainCommand) -> Path:
     k = cmd.test_steps
     shown = {"amortised": amortised, f"+{k} steps": refined["amortised"][k], f"vote +{k}": refined["vote"][k]}
     report = write_capsule_report(out / "report.html", model, test, shown, f"+{k} steps", metrics)
+    sys.stdout.write(f"{out / 'metrics.json'}\nreport: {report}\n")
+    return out
+
+
+def _refuse_other_settings(out: Path, saved, cfg) -> None:
+    was, now = asdict(saved), asdict(cfg)
+    if was != now:
+        changed = [f"{k} {v} (now {now[k]})" for k, v in was.items() if now[k] != v]
+        raise ValueError(
+            f"{out / 'model.pt'} was trained with other settings: {', '.join(changed)}; choose another --out, "
+            "or delete that directory to train again"
+        )
+
+
+def _run_image_capsules(cmd: CapsuleTrainCommand, out: Path) -> Path:
+    import torch
+
+    from credo.generative.capsule_evaluate import test_time_curve
+    from credo.generative.capsule_report import write_image_capsule_report
+    from credo.generative.capsule_train import (
+        ImageCapsuleTrainConfig,
+        PartSceneData,
+        load_image_capsules,
+        train_image_capsules,
+    )
+    from credo.io import write_json
+
+    source = "digits" if cmd.data == "digit-scenes" else "fashion-mnist"
+    cfg = ImageCapsuleTrainConfig(
+        out=str(out), num_objects=cmd.objects, parts_per_object=cmd.parts,
+        data=PartSceneData(source=source, rotation_degrees=cmd.rotation_degrees), steps=cmd.steps, seed=cmd.seed,
+    )  # fmt: skip
+    if not (out / "model.pt").exists():
+        train_image_capsules(cfg, progress=sys.stderr.isatty())
+    saved, model, encoder = load_image_capsules(out)
+    _refuse_other_settings(out, saved, cfg)
+    test = PartSceneData(source=source, rotation_degrees=cmd.test_rotation_degrees).generate(
+        cmd.test_examples or 128, seed=10_000
+    )
+    with torch.no_grad():
+        amortised = encoder(test.images)
+    steps = tuple(sorted({0, min(10, cmd.test_steps), cmd.test_steps}))
+    refined: dict = {}
+    curve = test_time_curve(model, test, amortised, steps, snapshots=refined)
+    metrics = {
+        "command": asdict(cmd),
+        "test_examples": len(test),
+        "pixel_noise": float(model.pixel_noise),
+        **{f"amortised_after_{s}_steps": curve[s] for s in steps},
+    }
+    write_json(out / "metrics.json", metrics)
+    k = cmd.test_steps
+    shown = {"amortised": amortised, f"+{k} steps": refined[k]}
+    report = write_image_capsule_report(out / "report.html", model, test, shown, f"+{k} steps", metrics)
     sys.stdout.write(f"{out / 'metrics.json'}\nreport: {report}\n")
     return out

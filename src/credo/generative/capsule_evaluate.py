@@ -1,4 +1,4 @@
-"""How well a trained capsule model explains constellations, against the generator's truth.
+"""How well a trained capsule model explains constellations or part scenes, against the generator's truth.
 
 * Bounds per example: the ELBO (exact presence draws) and the importance-weighted bound, for the encoder's q
   and after test-time refinement.
@@ -20,7 +20,8 @@ from sklearn.metrics import adjusted_rand_score
 from torch import Tensor
 
 from credo.data.constellations import Constellations
-from credo.generative.capsules import CapsuleModel, CapsulePosterior
+from credo.data.part_scenes import PartScenes
+from credo.generative.capsules import CapsuleBase, CapsulePosterior
 
 
 def assignment_ari(predicted: Tensor, truth: Tensor, mask: Tensor) -> float:
@@ -49,30 +50,42 @@ def presence_accuracy(rho: Tensor, present: Tensor) -> dict[str, float | list[in
     return {"accuracy": accuracy, "capsule_of_pattern": matched}
 
 
+def observed(data: Constellations | PartScenes) -> tuple[Tensor, Tensor | None]:
+    """What a capsule model observes in ``data``, and its mask: points and their mask, or images (no mask)."""
+    if isinstance(data, PartScenes):
+        return data.images, None
+    return data.points, data.mask
+
+
 @torch.no_grad()
 def evaluate_posterior(
-    model: CapsuleModel, data: Constellations, q: CapsulePosterior, samples: int = 64, seed: int = 0
+    model: CapsuleBase,
+    data: Constellations | PartScenes,
+    q: CapsulePosterior,
+    samples: int = 64,
+    seed: int = 0,
 ) -> dict[str, float]:
-    """Mean ELBO and importance-weighted bound per example, the assignment ARI and the presence accuracy."""
+    """Mean ELBO and importance-weighted bound per example, the presence accuracy, and for point sets the
+    assignment ARI."""
+    x, mask = observed(data)
     state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     try:
-        elbo = model.elbo(data.points, q, data.mask, samples=samples, relaxed=False)
-        iw = model.importance_bound(data.points, q, data.mask, samples=samples)
+        elbo = model.elbo(x, q, mask, samples=samples, relaxed=False)
+        iw = model.importance_bound(x, q, mask, samples=samples, chunk=64 if mask is not None else 8)
     finally:
         torch.random.set_rng_state(state)
-    obj, _ = model.assignments(data.points, q, data.mask)
-    return {
-        "elbo": float(elbo.mean()),
-        "importance_bound": float(iw.mean()),
-        "assignment_ari": assignment_ari(obj, data.object_of, data.mask),
-        "presence_accuracy": presence_accuracy(torch.sigmoid(q.presence_logit), data.present)["accuracy"],
-    }
+    out = {"elbo": float(elbo.mean()), "importance_bound": float(iw.mean())}
+    if isinstance(data, Constellations):
+        obj, _ = model.assignments(x, q, mask)
+        out["assignment_ari"] = assignment_ari(obj, data.object_of, data.mask)
+    out["presence_accuracy"] = presence_accuracy(torch.sigmoid(q.presence_logit), data.present)["accuracy"]
+    return out
 
 
 def test_time_curve(
-    model: CapsuleModel,
-    data: Constellations,
+    model: CapsuleBase,
+    data: Constellations | PartScenes,
     start: CapsulePosterior,
     steps: tuple[int, ...] = (0, 10, 100, 1000),
     samples: int = 64,
@@ -86,8 +99,9 @@ def test_time_curve(
     from credo.generative.capsule_inference import refine_posterior
 
     kept: dict[int, CapsulePosterior] = {} if snapshots is None else snapshots
+    x, mask = observed(data)
     refine_posterior(
-        model, data.points, start, max(steps), data.mask, lr=lr, samples=refine_samples, seed=seed,
+        model, x, start, max(steps), mask, lr=lr, samples=refine_samples, seed=seed,
         record=tuple(steps), snapshots=kept,
     )  # fmt: skip
     return {s: evaluate_posterior(model, data, kept[s], samples=samples, seed=seed) for s in steps}
