@@ -14,6 +14,13 @@ Gaussian pixel noise:
 test-time optimisation and importance-weighted bound are the constellation model's. (The scenes of
 :mod:`credo.data.part_scenes` clip overlapping parts at 1; the model's sum does not, a small misspecification where
 parts overlap.)
+
+Measured on digit part scenes (4 capsules of 5 templates, 10,000 training scenes, batch 64, Adam 2e-3, 5,000
+steps): end-to-end training settles where ONE capsule, always present, draws a blurred average scene (its
+templates grey blobs; the other three capsules' presence priors fall to 0.01), so presences classify at 0.42
+(chance for "one pattern always present"). Test-time refinement raises the bound from 463 to 494 nats per image in
+10 steps and to 494 in 100 (importance-weighted 474 -> 501) without leaving that solution: the failure is the
+model's learned parts, not the amortisation.
 """
 
 from __future__ import annotations
