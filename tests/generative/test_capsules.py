@@ -342,3 +342,24 @@ def test_fast_logsumexp_matches_torchs_including_far_off_and_infinite_terms():
     z = x.clone().requires_grad_(True)
     torch.logsumexp(z[finite], -1).sum().backward()
     torch.testing.assert_close(y.grad, z.grad, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("observation", ["mixture", "poisson"])
+def test_the_matrix_product_over_presence_vectors_equals_the_broadcast_likelihood(observation):
+    """Values and gradients, with far-off points (where every part's density underflows) and padding."""
+    from credo.generative.capsules import CapsuleBase
+
+    m = model(k=3, n=2, observation=observation)
+    torch.manual_seed(4)
+    points = f64(2, 5, 2)
+    points[0, 4] = torch.tensor([50.0, -40.0], dtype=torch.float64)
+    mask = torch.ones(2, 5, dtype=torch.bool)
+    mask[1, 3:] = False
+    configs = torch.cartesian_prod(*[torch.tensor([0.0, 1.0], dtype=torch.float64)] * 3)
+    pose = (f64(4, 2, 3, 4) * 0.5).requires_grad_(True)
+    fast = m.log_likelihood_of_configs(points, mask, configs, pose)
+    slow = CapsuleBase.log_likelihood_of_configs(m, points, mask, configs, pose)
+    torch.testing.assert_close(fast, slow)
+    (g_fast,) = torch.autograd.grad(fast.sum(), pose)
+    (g_slow,) = torch.autograd.grad(slow.sum(), pose)
+    torch.testing.assert_close(g_fast, g_slow)

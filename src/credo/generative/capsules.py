@@ -177,6 +177,11 @@ class CapsuleBase(nn.Module):
         raise NotImplementedError
 
     # -- priors and KLs ------------------------------------------------------------------------------------
+    def log_likelihood_of_configs(self, x: Tensor, mask: Tensor, configs: Tensor, pose: Tensor) -> Tensor:
+        """``[C, S, B]``: :meth:`log_likelihood` at every 0/1 presence vector of ``configs`` ``[C, K]`` and every
+        pose draw ``[S, B, K, 4]`` (a subclass may compute it faster than by broadcasting)."""
+        return self.log_likelihood(x, mask, configs[:, None, None, :], pose[None])
+
     def pose_prior_sd(self, like: Tensor) -> Tensor:
         c = self.cfg
         return like.new_tensor(
@@ -249,7 +254,7 @@ class CapsuleBase(nn.Module):
         pose = q.pose_mean + torch.exp(0.5 * q.pose_logvar) * eps  # [S, B, K, 4]
         configs = torch.cartesian_prod(*[torch.tensor([0.0, 1.0], dtype=x.dtype)] * k).reshape(-1, k)
         configs = configs.to(x.device)  # [C, K]
-        log_lik = self.log_likelihood(x, mask, configs[:, None, None, :], pose[None])  # [C, S, B]
+        log_lik = self.log_likelihood_of_configs(x, mask, configs, pose)  # [C, S, B]
         log_rho, log_1m = F.logsigmoid(q.presence_logit), F.logsigmoid(-q.presence_logit)  # [B, K]
         log_q = configs @ log_rho.T + (1 - configs) @ log_1m.T  # [C, B]
         expected = (log_q.exp() * log_lik.mean(1)).sum(0)
@@ -351,6 +356,38 @@ class CapsuleModel(CapsuleBase):
         )  # [..., B, M, K*N]
         clutter = (log_c + self.cfg.clutter_log_density)[..., None, None].expand(*parts.shape[:-1], 1)
         return torch.cat([parts, clutter], -1)
+
+    def log_likelihood_of_configs(
+        self, points: Tensor, mask: Tensor, configs: Tensor, pose: Tensor
+    ) -> Tensor:
+        """:meth:`log_likelihood` for 0/1 presence vectors ``configs`` ``[C, K]``, as one matrix product: with the
+        objects' per-point terms ``e_k = exp(log w_k + log (1/N) sum_n N(x; A_k m_kn, sigma^2 I) - s)`` (weights at
+        full presence, ``s`` the largest of them and of clutter's term, per point) the point's term under
+        presence vector ``a`` is ``s + log(a . e + e_clutter) - log(normaliser of a)``, the normaliser
+        ``sum a + c`` in the mixture and 1 in the Poisson model. Equal to the broadcast sum of
+        :meth:`log_likelihood` (tested), with ``C`` times less elementwise work."""
+        cfg = self.cfg
+        ones = torch.ones_like(configs[0])
+        log_w, log_c = self._log_weights(ones)  # full presence: [K], scalar
+        if cfg.observation == "mixture":  # undo the full-presence normaliser; each config divides by its own
+            log_w, log_c = (
+                log_w + torch.log(ones.sum() + cfg.clutter_weight),
+                log_c + math.log(ones.sum() + cfg.clutter_weight),
+            )
+        per_object = fast_logsumexp(self._log_gauss(points, pose), -1) - math.log(cfg.parts_per_object)
+        terms = per_object + log_w  # [S, B, M, K]
+        clutter = log_c + cfg.clutter_log_density
+        shift = torch.maximum(
+            terms.amax(-1), torch.as_tensor(clutter, dtype=terms.dtype)
+        ).detach()  # [S, B, M]
+        e = torch.exp(terms - shift[..., None])
+        total = e @ configs.T.to(e.dtype) + torch.exp(clutter - shift)[..., None]  # [S, B, M, C]
+        per_point = shift[..., None] + torch.log(total)
+        if cfg.observation == "mixture":
+            per_point = per_point - torch.log(configs.sum(-1) + cfg.clutter_weight)
+        log_lik = (per_point * mask[..., None]).sum(-2).permute(2, 0, 1)  # [C, S, B]
+        count = self.count_log_prob(configs[:, None, None, :], mask)  # [C, 1, B]
+        return log_lik + count
 
     def log_likelihood(self, points: Tensor, mask: Tensor, presence: Tensor, pose: Tensor) -> Tensor:
         """``log p(X | a, A)`` ``[...]`` for points ``[B, M, 2]`` (mask ``[B, M]``) and presences ``[..., B, K]``
