@@ -23,6 +23,7 @@ from credo.sae.models import _package_dir
 ROOT = Path(__file__).resolve().parents[1]
 PART_FOLDERS = {
     "uncertainty": "fashion-mnist",
+    "distance": "fashion-mnist/distance/sngp",
     "sae": "sae",
     "regression": "virtual-diagnostic",
     "referral": "breast-cancer",
@@ -113,10 +114,10 @@ def demo_run(tiny_lm, tmp_path_factory) -> dict:
 def test_every_part_prints_its_time_and_the_total(demo_run):
     assert demo_run["code"] == 0, demo_run["stdout"]
     lines = demo_run["stdout"].splitlines()
-    timed = [re.fullmatch(r"\[(\d)/4\] (\w+): (\d+) s \(demo so far (\d+) s\)", line) for line in lines]
+    timed = [re.fullmatch(r"\[(\d)/5\] (\w+): (\d+) s \(demo so far (\d+) s\)", line) for line in lines]
     timed = [m for m in timed if m]
     assert [m[2] for m in timed] == list(PART_FOLDERS)
-    assert [int(m[1]) for m in timed] == [1, 2, 3, 4]
+    assert [int(m[1]) for m in timed] == [1, 2, 3, 4, 5]
     so_far = [int(m[4]) for m in timed]
     assert so_far == sorted(so_far)
     (done,) = [
@@ -165,6 +166,19 @@ def test_index_numbers_are_the_parts_own(demo_run):
     header, row = tables["sae"]
     assert row[header.index("L0")] == f"{metrics['l0']:.4g}"
     assert row[header.index("FVU")] == f"{metrics['fraction_of_variance_unexplained']:.4g}"
+    # the distance part: each network's row is its probe.json and search.json
+    header, *rows = tables["distance"]
+    assert [r[0] for r in rows] == ["softmax", "sngp"]
+    for row in rows:
+        folder = out / "fashion-mnist" / "distance" / row[0]
+        probe = json.loads((folder / "probe.json").read_text())
+        search = json.loads((folder / "search.json").read_text())["bands"]
+        assert row[header.index("upper bound")] == f"{probe['bound']['upper_bound']:.3g}"
+        assert (
+            row[header.index("pair ratio p1 high")]
+            == f"{probe['pairs']['different_class']['high']['p01']:.3g}"
+        )
+        assert row[header.index("search low")] == f"{search['low']['min']:.2g}"
 
 
 def test_every_page_renders_in_chromium(demo_run):
@@ -176,7 +190,7 @@ def test_every_page_renders_in_chromium(demo_run):
         )
     out = demo_run["out"]
     pages = sorted(out.rglob("*.html"))
-    assert len(pages) == 5
+    assert len(pages) == 7  # the distance part: one report per network
     for page in pages:
         assert check_page(page).errors == [], page
     bad = out / "broken.html"

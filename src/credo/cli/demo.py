@@ -22,13 +22,13 @@ from credo.demo.parts import (
 @dataclass
 class DemoCommand:
     """The tour on real offline data, a minute or two per part on 2 CPU cores: uncertainty on Fashion-MNIST vs
-    MNIST (softmax and SNGP), a JumpReLU sparse autoencoder on SmolLM2, regression intervals on the
+    MNIST (softmax and SNGP), whether those networks preserve input distances, a JumpReLU sparse autoencoder on SmolLM2, regression intervals on the
     virtual-diagnostic simulator, and the BDL baselines' referral on breast cancer; then OUT/index.html."""
 
     out: str = "runs/demo"
     """Output directory: one folder per part and index.html linking their reports."""
     parts: tuple[str, ...] = tuple(PARTS)
-    """Comma-separated parts to run, in this order: uncertainty, sae, regression, referral."""
+    """Comma-separated parts to run, in this order: uncertainty, distance, sae, regression, referral."""
     methods: tuple[str, ...] = UNCERTAINTY_METHODS
     """Methods of the uncertainty part (any of credo bench's classification methods: add duq, ensemble, ...)."""
     regression_methods: tuple[str, ...] = REGRESSION_METHODS
@@ -58,9 +58,13 @@ def check_methods(cmd: DemoCommand) -> None:
     """Every method name of every part asked for, checked before any part starts."""
     from credo.bench.methods import bench_method
 
-    kinds = {"uncertainty": "classification", "regression": "regression", "referral": "classification"}
+    kinds = {
+        "uncertainty": "classification", "distance": "classification", "regression": "regression",
+        "referral": "classification",
+    }  # fmt: skip
     names = {
         "uncertainty": cmd.methods,
+        "distance": cmd.methods,
         "regression": cmd.regression_methods,
         "referral": cmd.referral_methods,
     }
@@ -98,12 +102,12 @@ def run_demo(cmd: DemoCommand) -> Path:
         if name == "sae":
             result = PARTS[name](out / name, cmd.budget, cmd.sae_model, cmd.sae_corpus, cmd.sae_layer)
         else:
-            methods = {"uncertainty": cmd.methods, "regression": cmd.regression_methods}.get(
-                name, cmd.referral_methods
-            )
-            folder = {"uncertainty": "fashion-mnist", "regression": "virtual-diagnostic"}.get(
-                name, "breast-cancer"
-            )
+            methods = {
+                "uncertainty": cmd.methods, "distance": cmd.methods, "regression": cmd.regression_methods
+            }.get(name, cmd.referral_methods)  # fmt: skip
+            folder = {
+                "uncertainty": "fashion-mnist", "distance": "fashion-mnist", "regression": "virtual-diagnostic"
+            }.get(name, "breast-cancer")  # fmt: skip
             result = PARTS[name](out / folder, cmd.budget, methods)
         result.seconds = time.perf_counter() - part_start
         results.append(result)

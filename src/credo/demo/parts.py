@@ -95,7 +95,10 @@ def run_uncertainty_part(
 
     demo = budget == "demo"
     overrides = {m: UNCERTAINTY_OVERRIDES[m] for m in methods if m in UNCERTAINTY_OVERRIDES and demo}
-    result = run_benchmark("fashion-mnist", list(methods), 1, out, budget=budget, overrides=overrides)
+    # models kept, so the distance part measures these same networks instead of training its own
+    result = run_benchmark(
+        "fashion-mnist", list(methods), 1, out, budget=budget, overrides=overrides, keep_models=True
+    )
     b = get_task("fashion-mnist").budget(budget)
     columns, rows = _bench_rows(
         result.table,
@@ -316,8 +319,107 @@ def run_sae_part(
     )
 
 
+DISTANCE_SIZES = {
+    "demo": {"pairs": 500, "jacobian_inputs": 4, "inputs": 16, "steps": 100, "restarts": 2},
+    "test": {"pairs": 40, "jacobian_inputs": 2, "inputs": 4, "steps": 5, "restarts": 1},
+}
+"""The distance part's probe and search sizes per budget (the benchmark: 2,000 pairs, 16 Jacobians, 64 inputs,
+200 steps, 4 restarts)."""
+
+
+def run_distance_part(
+    out: Path, budget: DemoBudget = "demo", methods: Sequence[str] = UNCERTAINTY_METHODS
+) -> PartResult:
+    """Do the uncertainty part's feature extractors preserve input distances? Bounds, band ratios, and the
+    counterexample search, on the same trained networks (trained here if the uncertainty part did not run)."""
+    from credo.bench import ResultsStore, run_benchmark
+    from credo.cli.lipschitz import (
+        LipschitzProbeCommand,
+        LipschitzSearchCommand,
+        run_lipschitz_probe,
+        run_lipschitz_search,
+    )
+    from credo.io import read_json
+    from credo.lipschitz import feature_extractor
+    from credo.uncertainty import UncertaintyMethod
+
+    demo = budget == "demo"
+    overrides = {m: UNCERTAINTY_OVERRIDES[m] for m in methods if m in UNCERTAINTY_OVERRIDES and demo}
+    run_benchmark(
+        "fashion-mnist", list(methods), 1, out, budget=budget, overrides=overrides, keep_models=True
+    )
+    store = ResultsStore(out)
+    sizes = DISTANCE_SIZES[budget]
+    rows, reports = [], {}
+    for method in methods:
+        model_dir = store.model_dir(method, 0)
+        target = out / "distance" / method
+        try:
+            feature_extractor(UncertaintyMethod.load(model_dir))
+        except ValueError:  # an ensemble: one network per member
+            rows.append((method, ["no single feature extractor", *["–"] * 5]))
+            continue
+        probe = read_json(
+            run_lipschitz_probe(LipschitzProbeCommand(
+                run=str(model_dir), out=str(target), pairs=sizes["pairs"], examples=max(2 * sizes["pairs"], 100),
+                jacobian_inputs=sizes["jacobian_inputs"],
+            )),
+            "rerun the demo",
+        )  # fmt: skip
+        search = read_json(
+            run_lipschitz_search(LipschitzSearchCommand(
+                run=str(model_dir), out=str(target), inputs=sizes["inputs"], steps=sizes["steps"],
+                restarts=sizes["restarts"],
+            )),
+            "rerun the demo",
+        )  # fmt: skip
+        pairs = probe["pairs"]["different_class"]
+        rows.append(
+            (
+                method,
+                [
+                    f"{probe['bound']['upper_bound']:.3g}",
+                    f"{pairs['low']['p01']:.3g}",
+                    f"{pairs['high']['p01']:.3g}",
+                    *(f"{search['bands'][band]['min']:.2g}" for band in ("all", "low", "high")),
+                ],
+            )
+        )
+        reports[method] = target / "report.html"
+    return PartResult(
+        name="distance",
+        title="Do the feature extractors preserve input distances? (bi-Lipschitz analysis)",
+        what=(
+            "For each network of the uncertainty part: the upper Lipschitz bound (product of exact layer norms), "
+            f"the distance ratio ||f(x) - f(x')|| / ||x - x'|| over {sizes['pairs']} pairs of test images of "
+            "different classes, projected on the low and on the high spatial frequencies (1st percentile), and "
+            f"the smallest ratio a projected-gradient search finds around {sizes['inputs']} images "
+            "(perturbations of norm 0.5), unrestricted and in each band. Spectral normalisation bounds the "
+            "low-band ratio away from zero; in the high band the search collapses the ratio on every network. "
+            + " ".join(f"{m}'s report: {r.relative_to(out.parent)}." for m, r in reports.items())
+        ),
+        report=next(reversed(reports.values()), out / "report.html"),
+        columns=[
+            "upper bound",
+            "pair ratio p1 low",
+            "pair ratio p1 high",
+            "search all",
+            "search low",
+            "search high",
+        ],  # fmt: skip
+        rows=rows,
+        reference=DISTANCE_REFERENCE,
+    )
+
+
+DISTANCE_REFERENCE = (
+    "Full benchmark (BENCHMARKS.md, 3 seeds): to be filled from benchmarks/distance_preservation.py."
+)
+
+
 PARTS = {
     "uncertainty": run_uncertainty_part,
+    "distance": run_distance_part,
     "sae": run_sae_part,
     "regression": run_regression_part,
     "referral": run_referral_part,
