@@ -22,8 +22,9 @@ from credo.demo.parts import (
 @dataclass
 class DemoCommand:
     """The tour on real offline data, a minute or two per part on 2 CPU cores: uncertainty on Fashion-MNIST vs
-    MNIST (softmax and SNGP), whether those networks preserve input distances, a JumpReLU sparse autoencoder on SmolLM2, regression intervals on the
-    virtual-diagnostic simulator, and the BDL baselines' referral on breast cancer; then OUT/index.html."""
+    MNIST (softmax and SNGP), whether those networks preserve input distances, a JumpReLU sparse autoencoder on
+    SmolLM2, regression intervals on the virtual-diagnostic simulator, and the BDL baselines' referral on breast
+    cancer; then OUT/index.html."""
 
     out: str = "runs/demo"
     """Output directory: one folder per part and index.html linking their reports."""
