@@ -32,6 +32,9 @@ That does not make the learned parts one object each: trained by voting (2,000 s
 up to 45 degrees) the capsules still each learn a fragment shared by several patterns (rates 1.6-3.0 points
 against the patterns' 3-5), every capsule stays present (prior 0.99), and presences classify no better than
 "all present" (0.736 against the mixture's 0.75); assignment ARI after 100 refinement steps 0.75 (mixture 0.73).
+With the generator's own patterns as the parts (repeated to fill ``N = 5``), the same voting and 100 refinement
+steps give presence accuracy 0.961 (mixture 0.95) and ARI 0.93 (both) on 256 test constellations: the model
+identifies which objects are present; learning the parts is what fails.
 
 ``m_kn`` are the learned part positions of object type ``k``, ``sigma`` a learned point noise. With
 ``(alpha, beta)`` Gaussian, the rotation ``atan2(beta, alpha)`` is uniform and the scale ``sqrt(alpha^2 + beta^2)``
