@@ -201,6 +201,13 @@ def main() -> None:
                 for band in ("all", "low", "high")
             },
             "auroc_mnist": summary([r["auroc_mnist"] for r in rows]),
+            "test_accuracy": summary(
+                [cells[(method, seed)].metrics["test/accuracy"] for seed in range(args.seeds)]
+            ),
+            # a normalised convolution's true operator norm over the constant it was normalised to (1: exact)
+            "normalised_conv_excess": None
+            if rows[0]["normalised_conv_excess"] is None
+            else summary([r["normalised_conv_excess"] for r in rows]),
         }
     timed = "due" in methods and not args.skip_speed
     due_net = feature_extractor(UncertaintyMethod.load(store.model_dir("due", 0))) if timed else None
