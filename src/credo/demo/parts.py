@@ -413,7 +413,9 @@ def run_distance_part(
 
 
 DISTANCE_REFERENCE = (
-    "Full benchmark (BENCHMARKS.md, 3 seeds): to be filled from benchmarks/distance_preservation.py."
+    "Full benchmark (55,000 images, 3 seeds, 2,000 pairs, search around 64 images; BENCHMARKS.md): softmax CNN "
+    "pair ratio p1 low 0.582 / high 0.698, search all 1.2e-5 / low 0.075 / high 1.2e-5; SNGP's ResNet (c = 6) "
+    "p1 low 0.076 / high 0.089, search 1.3e-6 / 0.017 / 1.3e-6: the high band collapses, the low band holds."
 )
 
 
