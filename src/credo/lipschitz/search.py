@@ -115,8 +115,9 @@ def search_counterexamples(
                 history[step - 1] = best.mean()
         if step == steps:
             break
-        opt.zero_grad()
-        ratio.sum().backward()
+        # the gradient in u alone: the model's parameters get none (no weight gradients computed, none left on
+        # the user's model)
+        (u.grad,) = torch.autograd.grad(ratio.sum(), u)
         opt.step()
         schedule.step()
     low = split.low_fraction(best_d) if split is not None else None
