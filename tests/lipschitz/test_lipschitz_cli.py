@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -77,10 +78,15 @@ def test_search_writes_the_smallest_ratio_per_band(saved, tmp_path):
         (["lipschitz", "probe", "{run}", "--data", "breast-cancer"], "pass --data with the task"),
         (["lipschitz", "probe", "{run}", "--cutoff", "0.9"], "cut-off must lie in"),
         (["lipschitz", "search", "{run}", "--bands", "mid"], "--bands takes all, low and high"),
+        (["lipschitz", "probe", "{bench}"], "models/softmax/seed0 (it has 1)"),
+        (["lipschitz", "search", "{bare_bench}"], "kept no models; rerun its bench with --keep-models"),
     ],
 )
 def test_bad_input_is_one_line(saved, tmp_path, capsys, argv, match):
-    argv = [a.format(run=saved, missing=tmp_path / "nothing") for a in argv]
+    bench, bare = tmp_path / "bench", tmp_path / "bare"
+    shutil.copytree(saved, bench / "models" / "softmax" / "seed0")  # a bench run's layout with a kept model
+    (bare / "cells").mkdir(parents=True)
+    argv = [a.format(run=saved, missing=tmp_path / "nothing", bench=bench, bare_bench=bare) for a in argv]
     assert main([*argv, "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("credo: error: ") and err.count("\n") == 1 and match in err
