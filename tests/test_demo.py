@@ -27,6 +27,7 @@ PART_FOLDERS = {
     "sae": "sae",
     "regression": "virtual-diagnostic",
     "referral": "breast-cancer",
+    "pose": "galaxies",
 }
 
 
@@ -114,10 +115,10 @@ def demo_run(tiny_lm, tmp_path_factory) -> dict:
 def test_every_part_prints_its_time_and_the_total(demo_run):
     assert demo_run["code"] == 0, demo_run["stdout"]
     lines = demo_run["stdout"].splitlines()
-    timed = [re.fullmatch(r"\[(\d)/5\] (\w+): (\d+) s \(demo so far (\d+) s\)", line) for line in lines]
+    timed = [re.fullmatch(r"\[(\d)/6\] (\w+): (\d+) s \(demo so far (\d+) s\)", line) for line in lines]
     timed = [m for m in timed if m]
     assert [m[2] for m in timed] == list(PART_FOLDERS)
-    assert [int(m[1]) for m in timed] == [1, 2, 3, 4, 5]
+    assert [int(m[1]) for m in timed] == [1, 2, 3, 4, 5, 6]
     so_far = [int(m[4]) for m in timed]
     assert so_far == sorted(so_far)
     (done,) = [
@@ -150,7 +151,7 @@ def test_index_numbers_are_the_parts_own(demo_run):
         "NLL": "test/nll",
     }
     checked = 0
-    for section in ("uncertainty", "regression", "referral"):
+    for section in ("uncertainty", "regression", "referral", "pose"):
         header, *rows = tables[section]
         results = json.loads((out / PART_FOLDERS[section] / "results.json").read_text())
         by_method = {m: r["metrics"] for m, r in results["results"].items()}
@@ -160,7 +161,7 @@ def test_index_numbers_are_the_parts_own(demo_run):
                     stored = by_method[row[0]][labels[label]]["mean"]
                     assert value == f"{stored:.3f}", (section, row[0], label)
                     checked += 1
-    assert checked >= 2 + 2 + 5 + 5
+    assert checked >= 2 + 2 + 5 + 5 + 3 + 3
     (sae_dir,) = [p.parent for p in (out / "sae" / "runs").rglob("cfg.json")]
     metrics = json.loads((sae_dir / "eval" / "eval.json").read_text())["metrics"]
     header, row = tables["sae"]
@@ -179,6 +180,21 @@ def test_index_numbers_are_the_parts_own(demo_run):
             == f"{probe['pairs']['different_class']['high']['p01']:.3g}"
         )
         assert row[header.index("search low")] == f"{search['low']['min']:.2g}"
+    # the pose part: the rotation error is the ET stack's, recomputed from the kept model
+    from credo.bench import ResultsStore
+    from credo.cli.generative import posed_test_images
+    from credo.generative.evaluate import predicted_rotation, rotation_error
+    from credo.uncertainty import UncertaintyMethod
+
+    header, *rows = tables["pose"]
+    assert [r[0] for r in rows] == ["pose-vae", "et-cnn", "cnn-encoder"]
+    images, angles = posed_test_images("galaxies", 64)
+    store = ResultsStore(out / "galaxies")
+    for row in rows[:2]:
+        vae = UncertaintyMethod.load(store.model_dir(row[0], 0)).vae
+        err = rotation_error(predicted_rotation(vae, images), angles, symmetry=2)["mean_abs_error_deg"]
+        assert row[header.index("rotation error °")] == f"{err:.1f}"
+    assert rows[2][header.index("rotation error °")] == "no ET stack"
 
 
 def test_every_page_renders_in_chromium(demo_run):
@@ -190,7 +206,7 @@ def test_every_page_renders_in_chromium(demo_run):
         )
     out = demo_run["out"]
     pages = sorted(out.rglob("*.html"))
-    assert len(pages) == 7  # the distance part: one report per network
+    assert len(pages) == 8  # the distance part: one report per network
     for page in pages:
         assert check_page(page).errors == [], page
     bad = out / "broken.html"

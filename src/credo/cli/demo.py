@@ -12,6 +12,7 @@ from typing import Literal
 from credo.demo.parts import (
     NOT_AT_DEMO_BUDGET,
     PARTS,
+    POSE_METHODS,
     REFERRAL_METHODS,
     REGRESSION_METHODS,
     UNCERTAINTY_METHODS,
@@ -24,18 +25,20 @@ class DemoCommand:
     """The tour on real offline data, a minute or two per part on 2 CPU cores: uncertainty on Fashion-MNIST vs
     MNIST (softmax and SNGP), whether those networks preserve input distances, a JumpReLU sparse autoencoder on
     SmolLM2, regression intervals on the virtual-diagnostic simulator, and the BDL baselines' referral on breast
-    cancer; then OUT/index.html."""
+    cancer, and galaxy morphology from 100 labels with the semi-supervised pose VAE; then OUT/index.html."""
 
     out: str = "runs/demo"
     """Output directory: one folder per part and index.html linking their reports."""
     parts: tuple[str, ...] = tuple(PARTS)
-    """Comma-separated parts to run, in this order: uncertainty, distance, sae, regression, referral."""
+    """Comma-separated parts to run, in this order: uncertainty, distance, sae, regression, referral, pose."""
     methods: tuple[str, ...] = UNCERTAINTY_METHODS
     """Methods of the uncertainty part (any of credo bench's classification methods: add duq, ensemble, ...)."""
     regression_methods: tuple[str, ...] = REGRESSION_METHODS
     """Methods of the regression part (any of credo bench's regression methods)."""
     referral_methods: tuple[str, ...] = REFERRAL_METHODS
     """Methods of the referral part (any of credo bench's classification methods)."""
+    pose_methods: tuple[str, ...] = POSE_METHODS
+    """Methods of the pose part (pose-vae, vae, pose-vae-pretrain, et-cnn, cnn-encoder)."""
     budget: Literal["demo", "test"] = "demo"
     """demo (about a minute per part) or test (seconds; numbers mean nothing, for checking the plumbing)."""
     sae_model: str = "smollm2"
@@ -50,7 +53,7 @@ class DemoCommand:
         unknown = [p for p in self.parts if p not in PARTS]
         if unknown or not self.parts:
             raise ValueError(f"--parts {','.join(self.parts)}: choose from {','.join(PARTS)}")
-        for flag in ("methods", "regression_methods", "referral_methods"):
+        for flag in ("methods", "regression_methods", "referral_methods", "pose_methods"):
             if not getattr(self, flag):
                 raise ValueError(f"--{flag.replace('_', '-')} is empty; name at least one method")
 
@@ -61,13 +64,14 @@ def check_methods(cmd: DemoCommand) -> None:
 
     kinds = {
         "uncertainty": "classification", "distance": "classification", "regression": "regression",
-        "referral": "classification",
+        "referral": "classification", "pose": "classification",
     }  # fmt: skip
     names = {
         "uncertainty": cmd.methods,
         "distance": cmd.methods,
         "regression": cmd.regression_methods,
         "referral": cmd.referral_methods,
+        "pose": cmd.pose_methods,
     }
     for part, kind in kinds.items():
         if part in cmd.parts:
@@ -104,11 +108,13 @@ def run_demo(cmd: DemoCommand) -> Path:
             result = PARTS[name](out / name, cmd.budget, cmd.sae_model, cmd.sae_corpus, cmd.sae_layer)
         else:
             methods = {
-                "uncertainty": cmd.methods, "distance": cmd.methods, "regression": cmd.regression_methods
-            }.get(name, cmd.referral_methods)  # fmt: skip
+                "uncertainty": cmd.methods, "distance": cmd.methods, "regression": cmd.regression_methods,
+                "referral": cmd.referral_methods, "pose": cmd.pose_methods,
+            }[name]  # fmt: skip
             folder = {
-                "uncertainty": "fashion-mnist", "distance": "fashion-mnist", "regression": "virtual-diagnostic"
-            }.get(name, "breast-cancer")  # fmt: skip
+                "uncertainty": "fashion-mnist", "distance": "fashion-mnist", "regression": "virtual-diagnostic",
+                "referral": "breast-cancer", "pose": "galaxies",
+            }[name]  # fmt: skip
             result = PARTS[name](out / folder, cmd.budget, methods)
         result.seconds = time.perf_counter() - part_start
         results.append(result)

@@ -1,15 +1,19 @@
-"""``credo demo``: one short part per system (uncertainty on Fashion-MNIST, sparse autoencoders, regression
-with intervals, referral), each with its own report, and one index page linking them."""
+"""``credo demo``: one short part per system (uncertainty on Fashion-MNIST, distance preservation, sparse
+autoencoders, regression with intervals, referral, the semi-supervised pose VAE), each with its own report, and
+one index page linking them."""
 
 from credo.demo.index import write_index
 from credo.demo.parts import (
     NOT_AT_DEMO_BUDGET,
     PARTS,
+    POSE_METHODS,
     REFERRAL_METHODS,
     REGRESSION_METHODS,
     UNCERTAINTY_METHODS,
     UNCERTAINTY_OVERRIDES,
     PartResult,
+    run_distance_part,
+    run_pose_part,
     run_referral_part,
     run_regression_part,
     run_sae_part,
@@ -19,11 +23,14 @@ from credo.demo.parts import (
 __all__ = [
     "NOT_AT_DEMO_BUDGET",
     "PARTS",
+    "POSE_METHODS",
     "REFERRAL_METHODS",
     "REGRESSION_METHODS",
     "UNCERTAINTY_METHODS",
     "UNCERTAINTY_OVERRIDES",
     "PartResult",
+    "run_distance_part",
+    "run_pose_part",
     "run_referral_part",
     "run_regression_part",
     "run_sae_part",
