@@ -74,7 +74,10 @@ def test_search_writes_the_smallest_ratio_per_band(saved, tmp_path):
 @pytest.mark.parametrize(
     ("argv", "match"),
     [
-        (["lipschitz", "probe", "{missing}"], "is missing"),
+        (
+            ["lipschitz", "probe", "{missing}"],
+            "nothing does not exist; pass the directory a method was saved to",
+        ),
         (["lipschitz", "probe", "{run}", "--data", "breast-cancer"], "pass --data with the task"),
         (["lipschitz", "probe", "{run}", "--cutoff", "0.9"], "cut-off must lie in"),
         (["lipschitz", "search", "{run}", "--bands", "mid"], "--bands takes all, low and high"),

@@ -218,6 +218,10 @@ def test_wrong_input_shape_is_rejected():
 def test_load_of_missing_or_corrupted_files(tmp_path):
     with pytest.raises(CheckpointError, match="missing"):
         UncertaintyMethod.load(tmp_path)
+    with pytest.raises(
+        CheckpointError, match="nowhere does not exist; pass the directory a method was saved to"
+    ):
+        UncertaintyMethod.load(tmp_path / "nowhere")
     m = make("softmax")
     m.save(tmp_path)
     weights = tmp_path / "model.safetensors"

@@ -417,6 +417,11 @@ class UncertaintyMethod(ABC):
         """
         directory = Path(directory)
         cfg_path, weights = directory / CONFIG_FILE, directory / WEIGHTS_FILE
+        if not directory.is_dir():
+            raise CheckpointError(
+                f"{directory} does not exist; pass the directory a method was saved to (method.save, or a bench "
+                "run's models/<method>/seed<k> with --keep-models)"
+            )
         for p in (cfg_path, weights):
             if not p.is_file():
                 raise CheckpointError(
