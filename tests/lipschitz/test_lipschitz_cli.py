@@ -88,6 +88,7 @@ def test_search_writes_the_smallest_ratio_per_band(saved, tmp_path):
 def test_bad_input_is_one_line(saved, tmp_path, capsys, argv, match):
     bench, bare = tmp_path / "bench", tmp_path / "bare"
     shutil.copytree(saved, bench / "models" / "softmax" / "seed0")  # a bench run's layout with a kept model
+    (bench / "cells").mkdir()
     (bare / "cells").mkdir(parents=True)
     argv = [a.format(run=saved, missing=tmp_path / "nothing", bench=bench, bare_bench=bare) for a in argv]
     assert main([*argv, "--out", str(tmp_path / "o")]) == 2

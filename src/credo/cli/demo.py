@@ -58,24 +58,33 @@ class DemoCommand:
                 raise ValueError(f"--{flag.replace('_', '-')} is empty; name at least one method")
 
 
+PART_KINDS = {
+    "uncertainty": "classification", "distance": "classification", "regression": "regression",
+    "referral": "classification", "pose": "classification",
+}  # fmt: skip
+"""The task kind of each part that runs bench methods (the sae part runs none)."""
+PART_FOLDERS = {
+    "uncertainty": "fashion-mnist", "distance": "fashion-mnist", "regression": "virtual-diagnostic",
+    "referral": "breast-cancer", "pose": "galaxies",
+}  # fmt: skip
+"""Each such part's folder under OUT (the distance part measures the uncertainty part's models in place)."""
+
+
+def part_methods(cmd: DemoCommand, part: str) -> tuple[str, ...]:
+    """The bench methods ``part`` runs, from the command's flags."""
+    return {
+        "uncertainty": cmd.methods, "distance": cmd.methods, "regression": cmd.regression_methods,
+        "referral": cmd.referral_methods, "pose": cmd.pose_methods,
+    }[part]  # fmt: skip
+
+
 def check_methods(cmd: DemoCommand) -> None:
     """Every method name of every part asked for, checked before any part starts."""
     from credo.bench.methods import bench_method
 
-    kinds = {
-        "uncertainty": "classification", "distance": "classification", "regression": "regression",
-        "referral": "classification", "pose": "classification",
-    }  # fmt: skip
-    names = {
-        "uncertainty": cmd.methods,
-        "distance": cmd.methods,
-        "regression": cmd.regression_methods,
-        "referral": cmd.referral_methods,
-        "pose": cmd.pose_methods,
-    }
-    for part, kind in kinds.items():
+    for part, kind in PART_KINDS.items():
         if part in cmd.parts:
-            for name in names[part]:
+            for name in part_methods(cmd, part):
                 bench_method(name, kind)
 
 
@@ -107,15 +116,7 @@ def run_demo(cmd: DemoCommand) -> Path:
         if name == "sae":
             result = PARTS[name](out / name, cmd.budget, cmd.sae_model, cmd.sae_corpus, cmd.sae_layer)
         else:
-            methods = {
-                "uncertainty": cmd.methods, "distance": cmd.methods, "regression": cmd.regression_methods,
-                "referral": cmd.referral_methods, "pose": cmd.pose_methods,
-            }[name]  # fmt: skip
-            folder = {
-                "uncertainty": "fashion-mnist", "distance": "fashion-mnist", "regression": "virtual-diagnostic",
-                "referral": "breast-cancer", "pose": "galaxies",
-            }[name]  # fmt: skip
-            result = PARTS[name](out / folder, cmd.budget, methods)
+            result = PARTS[name](out / PART_FOLDERS[name], cmd.budget, part_methods(cmd, name))
         result.seconds = time.perf_counter() - part_start
         results.append(result)
         _print(f"{result.title}\n\n{_table(result)}\nreport: {result.report}\n")

@@ -63,17 +63,6 @@ def _load(run: str, data: str, count: int, seed: int):
         raise ValueError(
             "name the saved method to probe: credo lipschitz probe RUN (a directory from method.save)"
         )
-    kept = sorted(Path(run).glob("models/*/seed*/cfg.json"))
-    if kept and not (Path(run) / "cfg.json").exists():
-        raise ValueError(
-            f"{run} is a bench run, not one saved method; pass one of the models it kept, e.g. "
-            f"{kept[0].parent} (it has {len(kept)})"
-        )
-    if Path(run).is_dir() and not (Path(run) / "cfg.json").exists() and (Path(run) / "cells").is_dir():
-        raise ValueError(
-            f"{run} is a bench run that kept no models; rerun its bench with --keep-models and pass "
-            f"{run}/models/<method>/seed<k>"
-        )
     method = UncertaintyMethod.load(run)
     net = feature_extractor(method)
     task = get_task(data)

@@ -422,6 +422,17 @@ class UncertaintyMethod(ABC):
                 f"{directory} does not exist; pass the directory a method was saved to (method.save, or a bench "
                 "run's models/<method>/seed<k> with --keep-models)"
             )
+        if not (directory / CONFIG_FILE).exists() and (directory / "cells").is_dir():  # a bench run's root
+            kept = sorted(directory.glob(f"models/*/seed*/{CONFIG_FILE}"))
+            if kept:
+                raise CheckpointError(
+                    f"{directory} is a bench run, not one saved method; pass one of the models it kept, e.g. "
+                    f"{kept[0].parent} (it has {len(kept)})"
+                )
+            raise CheckpointError(
+                f"{directory} is a bench run that kept no models; rerun its bench with --keep-models and pass "
+                f"{directory}/models/<method>/seed<k>"
+            )
         for p in (cfg_path, weights):
             if not p.is_file():
                 raise CheckpointError(
