@@ -132,3 +132,58 @@ def fashion_mnist_quality_row(method: str) -> dict | None:
         "ood/mnist/auroc": q["ood_auroc"][method]["mnist"],
         "ood/digits/auroc": q["ood_auroc"][method]["digits"],
     }
+
+
+class CellLedger:
+    """The figures of a long benchmark's finished cells, kept in the repository beside its result file.
+
+    A bench run's store (cells with their arrays, checkpoints, kept models) lives under ``runs/``, which a fresh
+    checkout does not have, and a benchmark of many hours outlasts one working session on this machine. So each
+    finished cell is also written here, as one small JSON file (``benchmarks/results/<name>/<task>/<method>/
+    seed<k>.json``: its scalar metrics, the benchmark's extra measurements and the cell's fingerprint), and a
+    rerun in a fresh checkout trains only the cells missing from the ledger. An entry counts only while its
+    fingerprint equals the one this code expects for the cell: a changed configuration makes it stale, and it is
+    named and retrained, never mixed in.
+    """
+
+    def __init__(self, name: str, root: Path | None = None):
+        self.root = (root or RESULTS) / name
+
+    def path(self, task: str, method: str, seed: int) -> Path:
+        return self.root / task / method / f"seed{seed}.json"
+
+    def get(self, task: str, method: str, seed: int, fingerprint: dict) -> dict | None:
+        """The entry of ``(task, method, seed)`` if there is one with this ``fingerprint``, else None."""
+        from credo.bench.fingerprint import changed_fields, plain
+        from credo.io import read_json
+
+        path = self.path(task, method, seed)
+        if not path.exists():
+            return None
+        entry = read_json(path, f"delete {path} and rerun to recompute that cell")
+        if plain(entry.get("fingerprint")) != plain(fingerprint):
+            changed = "; ".join(changed_fields(entry.get("fingerprint"), fingerprint))
+            logging.getLogger("benchmarks").warning(
+                "stale ledger entry %s (%s): retraining it", path, changed
+            )
+            return None
+        return entry
+
+    def put(self, cell, extras: dict | None = None) -> Path:
+        """Record a finished :class:`credo.bench.store.Cell` (and ``extras``, measured on its model)."""
+        from credo.bench.store import write_json
+
+        path = self.path(cell.task, cell.method, cell.seed)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        entry = {
+            "task": cell.task,
+            "budget": cell.budget,
+            "method": cell.method,
+            "seed": cell.seed,
+            "date": cell.date,
+            "metrics": {k: v for k, v in cell.metrics.items()},
+            "extras": extras or {},
+            "fingerprint": cell.fingerprint,
+        }
+        write_json(path, entry)
+        return path

@@ -17,6 +17,10 @@ rotation the ET stack removes against the true angle (circular error after the b
 two-fold symmetric galaxies), and the speed of one training step of the ET-VAE over the VAE, side by side.
 
     python benchmarks/pose_vae_labels.py                      # hours on 2 cores; resumable cell by cell
+    python benchmarks/pose_vae_labels.py --datasets galaxies  # beside another with the other set, one thread each
+
+Each finished cell is also recorded in ``results/pose_vae_labels/`` (:class:`_common.CellLedger`, committed), so
+the benchmark resumes in a fresh checkout; ``--no-train`` only summarises what that ledger holds.
     python benchmarks/pose_vae_labels.py --budget test        # a smoke run of every piece
 """
 
@@ -25,15 +29,15 @@ from __future__ import annotations
 import argparse
 import logging
 import time
+from pathlib import Path
 
 import torch
 
-from _common import RESULTS, run, summary, write_result
-from credo.bench import ResultsStore, run_benchmark
+from _common import RESULTS, CellLedger, run, summary, write_result
+from credo.bench import run_benchmark
 from credo.bench.generative_tasks import LABEL_COUNTS
 from credo.cli.generative import posed_test_images
 from credo.generative.evaluate import held_out_bound, predicted_rotation, rotation_error
-from credo.uncertainty import UncertaintyMethod
 
 log = logging.getLogger("pose_vae_labels")
 METHODS = ("pose-vae", "vae", "pose-vae-pretrain", "et-cnn", "cnn-encoder")
@@ -93,72 +97,147 @@ def generator_speed(n: int = 8192) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--datasets", default=",".join(DATASETS))
+    parser.add_argument(
+        "--datasets",
+        default=",".join(DATASETS),
+        help="the image sets to TRAIN (the result file always summarises every set the ledger holds)",
+    )
     parser.add_argument("--labels", default=",".join(LABEL_COUNTS))
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--budget", default="full", choices=("test", "demo", "full"))
     parser.add_argument("--out", default="runs/pose-vae")
     parser.add_argument("--skip-speed", action="store_true")
+    parser.add_argument("--no-train", action="store_true", help="only summarise what the ledger holds")
     args = parser.parse_args()
     datasets, labels, methods = args.datasets.split(","), args.labels.split(","), args.methods.split(",")
-    unknown = sorted(set(labels) - set(LABEL_COUNTS))
+    unknown = sorted(set(labels) - set(LABEL_COUNTS)) + sorted(set(datasets) - set(DATASETS))
     if unknown:
-        raise ValueError(f"--labels takes {', '.join(LABEL_COUNTS)}; got {unknown}")
+        raise ValueError(
+            f"--labels takes {', '.join(LABEL_COUNTS)}, --datasets {', '.join(DATASETS)}; got {unknown}"
+        )
+    name = "pose_vae_labels" if args.budget == "full" else f"pose_vae_labels_{args.budget}"
+    # the full budget's ledger is committed beside its result; a smoke run's stays in its output directory
+    ledger = CellLedger(name, None if args.budget == "full" else Path(args.out))
+    fingerprints = TaskFingerprints(args.budget, methods)
+
+    # Seed-major, so that an interrupted benchmark has whole curves with fewer seeds rather than part of a curve.
+    for seed in [] if args.no_train else range(args.seeds):
+        for data in datasets:
+            for count in labels:
+                task = f"{data}-{count}"
+                fps = fingerprints.of(task)
+                pending = [m for m in methods if ledger.get(task, m, seed, fps[m]) is None]
+                if not pending:
+                    continue
+                extras = Extras(data, count, args.budget)
+                run_benchmark(
+                    task,
+                    pending,
+                    [seed],
+                    f"{args.out}/{args.budget}/{task}",
+                    budget=args.budget,
+                    on_cell=lambda cell, method, extras=extras: ledger.put(cell, extras(cell, method)),
+                )
 
     curves: dict = {}
-    extras: dict = {}
-    for data in datasets:
-        curves[data] = {m: {} for m in methods}
-        for count in labels:
-            task = f"{data}-{count}"
-            out = f"{args.out}/{args.budget}/{task}"
-            keep = count == BOUND_LABELS
-            run_benchmark(task, methods, args.seeds, out, budget=args.budget, keep_models=keep)
-            cells = ResultsStore(out).finished_cells(arrays=False)
-            for m in methods:
-                accs = [c.metrics["test/accuracy"] for c in cells if c.method == m]
-                curves[data][m][count] = summary(accs)
-        if BOUND_LABELS in labels:
-            extras[data] = bound_and_rotation(
-                data, f"{args.out}/{args.budget}/{data}-{BOUND_LABELS}", methods, args
-            )
+    extras_found: dict = {}
+    finished = 0
+    for data in DATASETS:
+        entries = {
+            (count, m, seed): entry
+            for count in labels
+            for m in methods
+            for seed in range(args.seeds)
+            if (entry := ledger.get(f"{data}-{count}", m, seed, fingerprints.of(f"{data}-{count}")[m]))
+        }
+        if not entries:
+            continue
+        finished += len(entries)
+        curves[data] = {
+            m: {
+                count: summary(
+                    [
+                        e["metrics"]["test/accuracy"]
+                        for (c, mm, _), e in entries.items()
+                        if (c, mm) == (count, m)
+                    ]
+                )
+                for count in labels
+            }
+            for m in methods
+        }
+        extras_found[data] = summarise_extras(data, entries)
     result = {
         "budget": args.budget,
         "seeds": args.seeds,
         "label_counts": labels,
+        "cells_finished": finished,
+        "cells_planned": len(DATASETS) * len(labels) * len(methods) * args.seeds,
+        "ledger": str(ledger.root.relative_to(RESULTS.parent.parent))
+        if args.budget == "full"
+        else str(ledger.root),
         "accuracy": curves,
         "claims": claims(curves, labels),
-        "bound_and_rotation_at_100_labels": extras,
+        "bound_and_rotation_at_100_labels": extras_found,
         "speed": None if args.skip_speed else {**step_speed(), "generator": generator_speed()},
-        "plot": "benchmarks/results/pose_vae_labels.png",
     }
-    name = "pose_vae_labels" if args.budget == "full" else f"pose_vae_labels_{args.budget}"
+    RESULTS.mkdir(parents=True, exist_ok=True)
     plot(curves, labels, RESULTS / f"{name}.png")
     result["plot"] = f"benchmarks/results/{name}.png"
     write_result(name, result)
 
 
-def bound_and_rotation(data: str, out: str, methods: list[str], args) -> dict:
-    """The test bound of the semi-supervised VAEs with and without ET, and the ET-VAE's rotation error."""
-    from credo.bench import get_task
+class TaskFingerprints:
+    """The expected cell fingerprint of every method on each task, computed once per task (it needs the data's
+    sizes, so the task's data is loaded once)."""
 
-    store = ResultsStore(out)
-    test = get_task(f"{data}-{BOUND_LABELS}").load(args.budget).test
-    rot_x, angles = posed_test_images(data, 2000 if args.budget == "full" else 256)
+    def __init__(self, budget: str, methods: list[str]):
+        self.budget, self.methods, self.found = budget, methods, {}
+
+    def of(self, task: str) -> dict:
+        from credo.bench import get_task
+        from credo.bench.fingerprint import cell_fingerprint
+
+        if task not in self.found:
+            data = get_task(task).load(self.budget)
+            self.found[task] = {m: cell_fingerprint(task, self.budget, m, None, data) for m in self.methods}
+        return self.found[task]
+
+
+class Extras:
+    """What the benchmark measures on a trained model beyond its cell, at ``BOUND_LABELS`` labels: the test bound
+    (nats per image) of the semi-supervised VAEs with and without ET, and the ET stack's rotation error against
+    the true angle of posed test images. Measured in the cell's own process, so no model needs keeping."""
+
+    def __init__(self, data: str, count: str, budget: str):
+        self.data, self.count, self.budget = data, count, budget
+
+    def __call__(self, cell, method) -> dict:
+        if self.count != BOUND_LABELS or cell.method not in ("pose-vae", "vae"):
+            return {}
+        from credo.bench import get_task
+
+        test = get_task(f"{self.data}-{self.count}").load(self.budget).test
+        rot_x, angles = posed_test_images(self.data, 2000 if self.budget == "full" else 256)
+        vae = method.vae
+        found = {"test_elbo_nats_per_image": held_out_bound(vae, test.x)["elbo_nats_per_image"]}
+        if vae.et is not None:
+            pred = predicted_rotation(vae, rot_x)
+            found["rotation_mean_abs_error_deg"] = rotation_error(pred, angles, SYMMETRY[self.data])[
+                "mean_abs_error_deg"
+            ]
+        return found
+
+
+def summarise_extras(data: str, entries: dict) -> dict:
+    """Mean and standard error over seeds of each extra measurement at ``BOUND_LABELS`` labels."""
     found: dict = {}
     for m in ("pose-vae", "vae"):
-        if m not in methods:
+        per_seed = [e["extras"] for (c, mm, _), e in sorted(entries.items()) if (c, mm) == (BOUND_LABELS, m)]
+        if not per_seed:
             continue
-        bounds, errors = [], []
-        for seed in range(args.seeds):
-            vae = UncertaintyMethod.load(store.model_dir(m, seed)).vae
-            bounds.append(held_out_bound(vae, test.x)["elbo_nats_per_image"])
-            if vae.et is not None:
-                pred = predicted_rotation(vae, rot_x)
-                errors.append(rotation_error(pred, angles, SYMMETRY[data])["mean_abs_error_deg"])
-        found[m] = {"test_elbo_nats_per_image": summary(bounds)}
-        if errors:
-            found[m]["rotation_mean_abs_error_deg"] = summary(errors)
+        found[m] = {key: summary([x[key] for x in per_seed]) for key in sorted(set().union(*per_seed))}
+        if "rotation_mean_abs_error_deg" in found[m]:
             found[m]["rotation_chance_deg"] = 90.0 / SYMMETRY[data]
     return found
 

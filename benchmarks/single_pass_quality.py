@@ -47,13 +47,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--methods", default="due,due-no-sn,sngp,duq,duq-no-gp")
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument(
+        "--seed-list", default=None, help="comma-separated seeds to train instead of 0..--seeds-1, e.g. 2"
+    )
     parser.add_argument("--budget", default="full", choices=("full", "full-60k"))
     parser.add_argument("--out", default=None, help="default: runs/bench-single-pass-<budget>")
     args = parser.parse_args()
 
     methods = args.methods.split(",")
     out = args.out or f"runs/bench-single-pass-{args.budget}"
-    run_benchmark("fashion-mnist", methods, args.seeds, out, budget=args.budget)
+    seeds = [int(s) for s in args.seed_list.split(",")] if args.seed_list else args.seeds
+    run_benchmark("fashion-mnist", methods, seeds, out, budget=args.budget)
     # Every finished cell in the store counts, also those of earlier runs with other --methods.
     cells = {(c.method, c.seed): c for c in ResultsStore(out).finished_cells(arrays=False)}
     present = sorted({m for m, _ in cells})

@@ -137,6 +137,30 @@ def test_rerun_skips_finished_cells(blob_task, tmp_path, monkeypatch):
     assert json_path.stat().st_mtime_ns == mtime
 
 
+def test_on_cell_sees_each_newly_trained_cell_as_stored_with_its_model(blob_task, tmp_path):
+    seen = []
+
+    def on_cell(cell, method):
+        # called after the cell is on disk, with the very model that produced it
+        stored = ResultsStore(tmp_path).read_cell(cell.method, cell.seed)
+        probs = method.predict(blob_data().test.x).probs.numpy()
+        seen.append(
+            (
+                cell.method,
+                cell.seed,
+                stored.metrics == cell.metrics,
+                np.abs(probs - stored.arrays["test/probs"]).max(),
+            )
+        )
+
+    run(tmp_path, ["softmax"], 2, on_cell=on_cell)
+    assert [s[:3] for s in seen] == [("softmax", 0, True), ("softmax", 1, True)]
+    assert max(s[3] for s in seen) < 1e-6
+    seen.clear()
+    run(tmp_path, ["softmax"], 3, on_cell=on_cell)  # seeds 0 and 1 are skipped, not passed again
+    assert [s[:2] for s in seen] == [("softmax", 2)]
+
+
 def test_interrupt_keeps_finished_cells_and_resumes_the_rest(blob_task, tmp_path, monkeypatch, caplog):
     calls = {"n": 0}
     original = Softmax.training_loss

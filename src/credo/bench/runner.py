@@ -74,6 +74,7 @@ def run_benchmark(
     command: str | None = None,
     report: bool = True,
     keep_models: bool = False,
+    on_cell: Callable[[Cell, UncertaintyMethod], None] | None = None,
 ) -> BenchResult:
     """Train and evaluate every method with every seed on ``task``; write cells, table and report to ``out``.
 
@@ -105,6 +106,9 @@ def run_benchmark(
         keep_models: save each newly trained method to ``out/models/<method>/seed<k>`` (``method.save``; load
             it with ``UncertaintyMethod.load``) before its cell is written, e.g. for ``credo lipschitz probe``.
             Cells finished by an earlier run keep whatever that run saved.
+        on_cell: called on process 0 with each newly finished cell and its trained method, right after the
+            cell is written (cells finished by an earlier run are not passed): e.g. to measure more of the
+            model, or to record the cell elsewhere, before the next cell starts.
     """
     task_obj = get_task(task)
     seed_list = list(range(seeds)) if isinstance(seeds, int) else [int(s) for s in seeds]
@@ -182,6 +186,8 @@ def run_benchmark(
                 store.write_cell(cell)
                 store.remove_checkpoint(method_name, seed)
                 new_cells.append(cell)
+                if on_cell is not None:
+                    on_cell(cell, method)
                 headline = "test/accuracy" if task_obj.kind == "classification" else "test/rmse"
                 log.info(
                     "%s seed %d: %s %.4f, trained in %.1f s",
