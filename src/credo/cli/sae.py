@@ -1,4 +1,4 @@
-"""``credo sae harvest|train|eval|export``: the sparse-autoencoder commands (their configs live in
+"""``credo sae harvest|train|scope|eval|export``: the sparse-autoencoder commands (their configs live in
 ``credo.sae``). Each shows the one-line notices and the timed progress lines of :mod:`credo.progress` at
 the default verbosity."""
 
@@ -27,6 +27,13 @@ def run_sae_train(cfg) -> None:
     _show_progress()
     for path in train_saes(cfg):
         sys.stdout.write(f"{path}\n")
+
+
+def run_sae_scope(cfg) -> None:
+    from credo.sae.scope import run_scope
+
+    _show_progress()
+    sys.stdout.write(f"{run_scope(cfg)}\n")
 
 
 def run_sae_eval(cfg) -> None:

@@ -26,9 +26,13 @@ from credo.sae.reconstruction import ReconstructionAccumulator, plot_feature_den
 from credo.sae.relu import ReLUSAE
 from credo.sae.saelens import load_saelens, save_saelens
 from credo.sae.schedules import TrainingSchedule
+from credo.sae.scope import ScopeConfig, ScopeTrainer, run_scope
+from credo.sae.scope_release import load_scope, write_release
+from credo.sae.scope_stream import ScopeStream
 from credo.sae.sites import list_sites, site_width
 from credo.sae.splice import SplicedLMLoss, spliced_lm_loss, spliced_lm_losses
 from credo.sae.store import ActivationStore, CorruptShardError
+from credo.sae.target_l0 import L0Controller
 from credo.sae.topk import BatchTopKSAE, TopKSAE
 from credo.sae.train import SAETrainer, train_saes
 from credo.sae.train_config import SAESpec, SAETrainConfig
@@ -37,6 +41,13 @@ from credo.sae.writer import ActivationWriter
 # ``harvest`` itself is not re-exported: it would shadow the module credo.sae.harvest.
 
 __all__ = [
+    "L0Controller",
+    "ScopeConfig",
+    "ScopeStream",
+    "ScopeTrainer",
+    "load_scope",
+    "run_scope",
+    "write_release",
     "train_saes",
     "SAETrainer",
     "TrainingSchedule",

@@ -32,6 +32,7 @@ from credo.progress import Progress
 from credo.sae.base import SparseAutoencoder, build_sae
 from credo.sae.schedules import TrainingSchedule, effective_warmup
 from credo.sae.store import ActivationStore
+from credo.sae.target_l0 import L0Controller
 from credo.sae.train_config import UNIT_NORM_DECODER, SAESpec, SAETrainConfig
 from credo.sae.train_source import BatchSource, describe_source, input_scale, sae_config, source_batches
 from credo.sae.train_state import _STATS, TrainerState
@@ -41,9 +42,15 @@ log = logging.getLogger(__name__)
 
 
 class SAETrainer(TrainerState):
-    """Trains the SAEs of ``config.sae_specs()`` on ``source`` (default: the store at ``config.acts``)."""
+    """Trains the SAEs of ``config.sae_specs()`` on ``source`` (default: the store at ``config.acts``).
 
-    def __init__(self, config: SAETrainConfig, source: BatchSource | None = None):
+    ``provenance`` (``model``, ``site``, ``context_size``, ``harvest: {corpus}``, as a store's manifest has
+    them) is recorded in each SAE's config when the source is not a store, e.g. a stream from the model.
+    """
+
+    def __init__(
+        self, config: SAETrainConfig, source: BatchSource | None = None, provenance: dict | None = None
+    ):
         cfg = self.cfg = config
         self.rank, self.world = distributed_context()
         if cfg.batch_size % self.world:
@@ -57,6 +64,7 @@ class SAETrainer(TrainerState):
             source = ActivationStore(cfg.acts)
         self.source = source
         self.d_in, self.total_steps, meta = describe_source(cfg, source)
+        meta = provenance if provenance is not None and not meta else meta
         if self.total_steps < 1:
             raise ValueError(f"total_tokens={cfg.total_tokens} is less than one batch of {cfg.batch_size}")
         self.width = cfg.width or round(cfg.expansion_factor * self.d_in)
@@ -90,6 +98,17 @@ class SAETrainer(TrainerState):
         ckpt_dir = cfg.checkpoint_dir or str(Path(cfg.out) / "checkpoint")
         self.checkpoint = Checkpoint(ckpt_dir) if cfg.checkpoint_every else None
         self.last_metrics: list[dict[str, float]] = [{} for _ in self.saes]
+        # lambda of each SAE: the spec's, or, under a target L0, where the controller has steered it
+        self.sparsity_coefficients = torch.tensor(
+            [spec.sparsity_coefficient for spec in self.specs], dtype=torch.float64
+        )
+        self.controller = None
+        if cfg.target_l0:
+            if cfg.target_l0 >= self.width:
+                raise ValueError(
+                    f"target_l0={cfg.target_l0:g} must be below the width ({self.width} latents)"
+                )
+            self.controller = L0Controller(cfg.target_l0, cfg.target_l0_gain, self.world)
 
     # -- the loop ---------------------------------------------------------------------------------------
     def run(self, on_step: Callable[[int], None] | None = None) -> list[Path]:
@@ -98,18 +117,13 @@ class SAETrainer(TrainerState):
         ``on_step(steps_done)`` is called after every step (monitoring; tests raise from it to kill a run).
         """
         cfg = self.cfg
-        start = self._resume()
+        start = self.begin()
         batches = source_batches(
             cfg, self.source, start, self.d_in, self.saes[0].cfg.torch_dtype, self.rank, self.world
         )
         if start == 0:
             head = list(islice(batches, min(cfg.input_scale_batches, self.total_steps)))
-            scale = input_scale(head, self.world, self.device) if cfg.normalise_inputs else 1.0
-            log.info("input scale %.6g (E||s x||^2 = 1 over %d batches)", scale, len(head))
-            for sae in self.saes:
-                sae.set_input_scale(scale)
-                if self.world > 1:
-                    sync_module(sae, self.world)
+            self.set_input_scale(input_scale(head, self.world, self.device) if cfg.normalise_inputs else 1.0)
             batches = chain(head, batches)
         bar = Progress(
             self.total_steps, "SAE training", "step", initial=start, every=cfg.progress_every,
@@ -121,19 +135,41 @@ class SAETrainer(TrainerState):
                 raise ValueError(
                     f"the batch source ran out after {step} batches; {self.total_steps} were due"
                 )
-            if self._usable(x, step):
-                self._train_step(x.to(self.device, non_blocking=True), step)
-            self.step = step + 1
-            summary = None
-            if self.step % cfg.log_every == 0 or self.step == self.total_steps:
-                summary = self._log()
-                log.info("step %d/%d: %s", self.step, self.total_steps, summary)
-            bar.update(1, summary)
-            if self.checkpoint and (self.step % cfg.checkpoint_every == 0 or self.step == self.total_steps):
-                self._save_checkpoint()
+            bar.update(1, self.advance(x, step))
             if on_step is not None:
                 on_step(self.step)
         bar.close()
+        return self.finish()
+
+    def begin(self) -> int:
+        """Resume from the checkpoint if there is one; the step to continue from (0 for a fresh run)."""
+        return self._resume()
+
+    def set_input_scale(self, scale: float) -> None:
+        """Give every SAE the input scale ``s`` (a fresh run, before its first step)."""
+        log.info("input scale %.6g (E||s x||^2 = 1 over the first batches)", scale)
+        for sae in self.saes:
+            sae.set_input_scale(scale)
+            if self.world > 1:
+                sync_module(sae, self.world)
+
+    def advance(self, x: Tensor, step: int) -> str | None:
+        """Train every SAE on batch ``step`` (this rank's rows ``x``), then log and checkpoint when due;
+        returns the progress text when a log line was written."""
+        cfg = self.cfg
+        if self._usable(x, step):
+            self._train_step(x.to(self.device, non_blocking=True), step)
+        self.step = step + 1
+        summary = None
+        if self.step % cfg.log_every == 0 or self.step == self.total_steps:
+            summary = self._log()
+            log.info("step %d/%d: %s", self.step, self.total_steps, summary)
+        if self.checkpoint and (self.step % cfg.checkpoint_every == 0 or self.step == self.total_steps):
+            self._save_checkpoint()
+        return summary
+
+    def finish(self) -> list[Path]:
+        """Save every SAE (after the last step); one directory per SAE."""
         if self.skipped:
             log.warning("skipped %d of %d batches with NaN or inf", self.skipped, self.total_steps)
         return self._export()
@@ -161,11 +197,11 @@ class SAETrainer(TrainerState):
         lr = self.cfg.lr * self.schedule.lr_factor(step)
         ramp = self.schedule.sparsity_factor(step)
         self.batch_variance += x.var(0, correction=0).sum()  # FVU's denominator, around the batch mean
-        for i, (sae, opt, spec) in enumerate(zip(self.saes, self.optimizers, self.specs, strict=True)):
+        for i, (sae, opt) in enumerate(zip(self.saes, self.optimizers, strict=True)):
             for group in opt.param_groups:
                 group["lr"] = lr
             opt.zero_grad(set_to_none=False)  # zeroed in place, not freed: fewer fresh pages per step
-            out = sae(x, spec.sparsity_coefficient * ramp)
+            out = sae(x, float(self.sparsity_coefficients[i]) * ramp)
             out.loss.backward()
             if self.world > 1:
                 average_gradients(list(sae.parameters()), self.world)
@@ -181,6 +217,8 @@ class SAETrainer(TrainerState):
                 self.tokens_since_fired[i].add_(self.cfg.batch_size).masked_fill_(fired, 0)
                 terms = (out.loss, out.reconstruction_loss, out.sparsity_loss, out.aux_loss, out.l0)
                 self.stats[i] += torch.stack([t.detach() for t in terms])
+                if self.controller is not None and ramp >= 1.0:
+                    self.controller.update(self.sparsity_coefficients, i, out.l0)
             del out  # free this SAE's [B, d_sae] activations before the next one's forward
         self.trained_steps += 1
         self.interval_steps += 1

@@ -102,6 +102,11 @@ class SAETrainConfig:
     """Steps of linear sparsity-coefficient warm-up from 0 (Gemma Scope: 10,000), capped like the lr warm-up."""
     max_warmup_fraction: float = 0.05
     """Each warm-up lasts at most this share of the run, so that short runs train mostly at full strength."""
+    target_l0: float = 0.0
+    """Steer each penalty SAE's sparsity coefficient so that its L0 lands at this many latents per token
+    (credo.sae.target_l0: an integral controller on log lambda, from the given or default coefficient); 0: off."""
+    target_l0_gain: float = 0.1
+    """Gain g of the target-L0 controller: lambda moves by at most a factor e^g per step."""
     normalise_inputs: bool = True
     """Scale the inputs by one scalar so that E||x||^2 = 1 (kept in the SAE as input_scale)."""
     input_scale_batches: int = 8
@@ -169,6 +174,15 @@ class SAETrainConfig:
         ):
             if value not in allowed:
                 raise ValueError(f"{name} must be one of {list(allowed)}, got {value!r}")
+        if self.target_l0 < 0 or not self.target_l0_gain > 0:
+            raise ValueError(
+                f"target_l0 must be >= 0 and target_l0_gain > 0, got {self.target_l0}, {self.target_l0_gain}"
+            )
+        if self.target_l0 and any(s.arch in SELECTION_ARCHITECTURES for s in self.sae_specs()):
+            raise ValueError(
+                f"target_l0 steers a sparsity coefficient; {'/'.join(SELECTION_ARCHITECTURES)} SAEs have their L0 "
+                "set by k instead: leave them out of the sweep, or drop --target-l0 and set --ks"
+            )
         names = [spec.name(1) for spec in self.sae_specs()]
         if len(set(names)) != len(names):
             raise ValueError(f"the sweep names one SAE twice: {names}")

@@ -69,6 +69,7 @@ class TrainerState:
     interval_steps: int
     checkpoint: Checkpoint | None
     last_metrics: list[dict[str, float]]
+    sparsity_coefficients: Tensor
 
     # -- logging ----------------------------------------------------------------------------------------
     def _reduce_dead_counters(self) -> None:
@@ -96,7 +97,7 @@ class TrainerState:
             record = {
                 "step": self.step, "tokens": seen, **row, "fraction_of_variance_unexplained": fvu,
                 "lr": self.cfg.lr * self.schedule.lr_factor(self.step - 1),
-                "sparsity_coefficient": self.specs[i].sparsity_coefficient
+                "sparsity_coefficient": float(self.sparsity_coefficients[i])
                 * self.schedule.sparsity_factor(self.step - 1),
                 "dead_fraction": dead, "skipped_batches": self.skipped,
             }  # fmt: skip
@@ -138,6 +139,8 @@ class TrainerState:
             sae.load_state_dict(state["saes"][i])
             opt.load_state_dict(state["optimizers"][i])
             self.tokens_since_fired[i].copy_(state["tokens_since_fired"][i])
+        if "sparsity_coefficients" in state:  # absent from checkpoints written before the target-L0 mode
+            self.sparsity_coefficients.copy_(state["sparsity_coefficients"])
         self.stats.copy_(state["stats"])
         self.batch_variance.copy_(state["batch_variance"])
         self.step, self.trained_steps = state["step"], state["trained_steps"]
@@ -180,6 +183,7 @@ class TrainerState:
                     "optimizers": [opt.state_dict() for opt in self.optimizers],
                     "tokens_since_fired": self.tokens_since_fired,
                     "stats": self.stats,
+                    "sparsity_coefficients": self.sparsity_coefficients,
                     "batch_variance": self.batch_variance,
                     "rng": rng,
                 }
