@@ -250,3 +250,45 @@ def test_bad_input_is_refused_before_any_work(tiny, tmp_path, capsys):
     ScopeTrainer(scope_cfg(tiny, tmp_path / "s", tokens=128)).run()
     with pytest.raises(ValueError, match=r"other settings \(width: 32 -> 48\).*delete"):
         ScopeTrainer(scope_cfg(tiny, tmp_path / "s", tokens=128, width=48))
+
+
+def test_evaluation_pass_equals_each_site_spliced_alone_and_its_report_renders(tiny, lm, tmp_path):
+    from credo.demo.browser import check_page
+    from credo.sae.reconstruction import ReconstructionAccumulator
+    from credo.sae.splice import spliced_lm_loss
+
+    out = tmp_path / "scope"
+    cfg = scope_cfg(tiny, out, eval_tokens=6 * (T - 1), eval_batch_size=4)
+    trainer = ScopeTrainer(cfg)
+    trainer.run()
+    table = json.loads((out / "scope_eval.json").read_text())
+    held = trainer.held_out_windows[:6]
+    model = lm[0]
+    for site in SCOPE:
+        sae_dir = [p for p in (out / "train" / site).iterdir() if p.is_dir()][0]
+        sae = SparseAutoencoder.load(sae_dir).eval()
+        acc = ReconstructionAccumulator()
+        alone = spliced_lm_loss(model, sae, site, held, batch_size=2, accumulator=acc)
+        rec = acc.compute()
+        row = table[site]
+        for key, want in (
+            ("delta_lm_loss", alone.delta_lm_loss),
+            ("kl_divergence", alone.kl_divergence),
+            ("fraction_of_loss_recovered", alone.fraction_of_loss_recovered),
+            ("zero_ablation_loss", alone.zero_ablation_loss),
+            ("l0", rec["l0"]),
+            ("fraction_of_variance_unexplained", rec["fraction_of_variance_unexplained"]),
+            ("dead_fraction_held_out", rec["dead_fraction"]),
+            ("dense_fraction", rec["dense_fraction"]),
+        ):
+            assert row[key] == pytest.approx(want, rel=1e-5, abs=1e-7), (site, key)
+        last = json.loads((sae_dir / "training_log.jsonl").read_text().splitlines()[-1])
+        assert row["dead_fraction_training"] == last["dead_fraction"]
+    csv_rows = (out / "scope_eval.csv").read_text().splitlines()
+    assert len(csv_rows) == 1 + len(SCOPE) and csv_rows[0].startswith("site,layer,kind,l0,")
+    timing = json.loads((out / "timing.json").read_text())
+    assert timing["train_s"] > 0 and timing["eval_s"] > 0
+    page = check_page(out / "scope_report.html", tmp_path / "scope_report.png")
+    assert page.errors == []
+    html_text = (out / "scope_report.html").read_text()
+    assert html_text.count('<figure class="heat">') == 8 and "blocks.2.hook_mlp_out" in html_text

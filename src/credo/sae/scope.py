@@ -16,11 +16,15 @@ only on the batches it has not seen. Layout of ``out/``::
     train/<site>/<sae>/                        credo-format SAEs with their training_log.jsonl
     checkpoint/<site>/checkpoint.pt            each site's trainer state
     layer_{L}/{kind}/width_{W}/average_l0_{N}/ the release (:mod:`credo.sae.scope_release`), and index.json
+    scope_eval.json, scope_eval.csv            the evaluation pass (:mod:`credo.sae.scope_evaluate`)
+    scope_report.html                          its layer x site heat maps
+    timing.json                                seconds of training (this run) and of the evaluation
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -91,6 +95,11 @@ class ScopeConfig:
     """Dtype of the SAEs and of the activations they read."""
     device: str = "cpu"
     """Torch device of the model and the SAEs."""
+    eval_tokens: int = 16_384
+    """Held-out tokens of the evaluation pass after training (every site's L0, FVU, delta LM loss, KL, loss
+    recovered, dead and dense fractions; scope_report.html); 0: no evaluation."""
+    eval_batch_size: int = 4
+    """Windows per forward pass of the evaluation."""
     checkpoint_every: int = 50
     """Steps between checkpoints of every site; 0: none."""
     log_every: int = 10
@@ -227,6 +236,7 @@ class ScopeTrainer:
         the release's ``index.json``. ``on_step(steps_done)`` is called after every step (tests kill from it)."""
         from credo.sae.scope_release import write_release
 
+        began = time.perf_counter()
         steps = {site: t.begin() for site, t in self.trainers.items()}
         start = min(steps.values())
         if start:
@@ -251,7 +261,32 @@ class ScopeTrainer:
                 on_step(step + 1)
         bar.close()
         saved = {site: trainer.finish()[0] for site, trainer in self.trainers.items()}
-        return write_release(self.cfg.out, saved)
+        trained_s = time.perf_counter() - began
+        index = write_release(self.cfg.out, saved)
+        timing = {"train_s": trained_s, "steps_this_run": self.total_steps - start, "eval_s": None}
+        if self.cfg.eval_tokens:
+            began = time.perf_counter()
+            self.evaluate(saved)
+            timing["eval_s"] = time.perf_counter() - began
+        write_json(Path(self.cfg.out) / "timing.json", timing)
+        return index
+
+    def evaluate(self, saved: dict[str, Path]) -> Path:
+        """The evaluation pass (:mod:`credo.sae.scope_evaluate`) on the first ``eval_tokens`` held-out
+        tokens; writes scope_eval.json / .csv and scope_report.html, returns the report's path."""
+        from credo.sae.base import SparseAutoencoder
+        from credo.sae.scope_evaluate import evaluate_scope, training_dead_fraction, write_scope_report
+
+        per_window = self.held_out_windows.shape[1] - 1
+        windows = self.held_out_windows[: max(1, -(-self.cfg.eval_tokens // per_window))]
+        saes = {site: SparseAutoencoder.load(path, self.cfg.device).eval() for site, path in saved.items()}
+        table = evaluate_scope(
+            self.model, saes, windows, self.cfg.eval_batch_size, progress=self.cfg.progress
+        )
+        for site, path in saved.items():
+            table[site]["dead_fraction_training"] = training_dead_fraction(path)
+        title = f"Scope of {len(saes)} SAEs: {self.cfg.model}, width {self.cfg.width}"
+        return write_scope_report(self.cfg.out, table, title)
 
     def _set_input_scales(self, sites: list[str]) -> None:
         """``s = 1 / sqrt(mean ||x||^2)`` per site over the stream's first batches (as many as a trainer's
