@@ -79,10 +79,18 @@ def _commands() -> dict[tuple[str, ...], tuple[type, Callable[[Any], Any], tuple
         run_lipschitz_probe,
         run_lipschitz_search,
     )
-    from credo.cli.sae import run_sae_eval, run_sae_export, run_sae_harvest, run_sae_scope, run_sae_train
+    from credo.cli.sae import (
+        run_sae_eval,
+        run_sae_export,
+        run_sae_harvest,
+        run_sae_inspect,
+        run_sae_scope,
+        run_sae_train,
+    )
     from credo.sae.evaluate import SAEEvalConfig
     from credo.sae.export import SAEExportConfig
     from credo.sae.harvest import HarvestConfig
+    from credo.sae.inspect import InspectConfig
     from credo.sae.scope import ScopeConfig
     from credo.sae.train_config import SAETrainConfig
 
@@ -99,6 +107,7 @@ def _commands() -> dict[tuple[str, ...], tuple[type, Callable[[Any], Any], tuple
         ("sae", "eval"): (SAEEvalConfig, run_sae_eval, ("sae",)),
         ("sae", "export"): (SAEExportConfig, run_sae_export, ("sae",)),
         ("sae", "scope"): (ScopeConfig, run_sae_scope, ()),
+        ("sae", "inspect"): (InspectConfig, run_sae_inspect, ("sae",)),
     }
 
 

@@ -1,4 +1,4 @@
-"""``credo sae harvest|train|scope|eval|export``: the sparse-autoencoder commands (their configs live in
+"""``credo sae harvest|train|scope|inspect|eval|export``: the sparse-autoencoder commands (their configs live in
 ``credo.sae``). Each shows the one-line notices and the timed progress lines of :mod:`credo.progress` at
 the default verbosity."""
 
@@ -34,6 +34,14 @@ def run_sae_scope(cfg) -> None:
 
     _show_progress()
     sys.stdout.write(f"{run_scope(cfg)}\n")
+
+
+def run_sae_inspect(cfg) -> None:
+    from credo.sae.inspect_pages import run_inspect
+
+    _show_progress()
+    for page in run_inspect(cfg):
+        sys.stdout.write(f"{page}\n")
 
 
 def run_sae_eval(cfg) -> None:

@@ -13,6 +13,7 @@ console message is an uncaught error or a checker failure, or when the completio
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import re
 import shutil
@@ -44,6 +45,12 @@ window.addEventListener("load", function () {
       if (!xhr.responseText) { bad++; console.error("credo-check: link to an empty or missing file: " + href); }
     } catch (e) { bad++; console.error("credo-check: broken link: " + href); }
   });
+  (window.credoVisible || []).forEach(function (sel) {
+    var seen = Array.from(document.querySelectorAll(sel)).filter(function (el) {
+      var r = el.getBoundingClientRect(); return r.width > 0 && r.height > 0;
+    });
+    if (!seen.length) { bad++; console.error("credo-check: nothing visible matches " + sel); }
+  });
   console.log("credo-check: done, " + bad + " problems");
 });
 </script>"""
@@ -73,8 +80,10 @@ def check_page(
     width: int = 1280,
     height: int = 2000,
     timeout: float = 120,
+    visible: tuple[str, ...] = (),
 ) -> PageCheck:
     """Render ``page`` in headless Chromium (see the module docstring); a screenshot goes to ``screenshot``.
+    Each CSS selector of ``visible`` must match at least one element laid out with a nonzero size.
 
     Raises:
         FileNotFoundError: no Chromium on the PATH, or ``page`` does not exist.
@@ -88,7 +97,8 @@ def check_page(
     html = page.read_text(encoding="utf-8")
     base = f'<base href="{page.parent.as_uri()}/">'
     html = re.sub(r"<head>", f"<head>{base}", html, count=1) if "<head>" in html else base + html
-    html = html.replace("</body>", f"{_CHECKER}</body>") if "</body>" in html else html + _CHECKER
+    checker = f"<script>window.credoVisible = {json.dumps(list(visible))};</script>{_CHECKER}"
+    html = html.replace("</body>", f"{checker}</body>") if "</body>" in html else html + checker
     with tempfile.TemporaryDirectory() as tmp:
         copy = Path(tmp) / page.name
         copy.write_text(html, encoding="utf-8")
