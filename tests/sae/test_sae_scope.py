@@ -292,3 +292,38 @@ def test_evaluation_pass_equals_each_site_spliced_alone_and_its_report_renders(t
     assert page.errors == []
     html_text = (out / "scope_report.html").read_text()
     assert html_text.count('<figure class="heat">') == 8 and "blocks.2.hook_mlp_out" in html_text
+
+
+@pytest.mark.parametrize("parallel", ["sites", "data"])
+def test_two_processes_under_torchrun_match_one(tiny, tmp_path, parallel):
+    """Site-distributed: each rank runs the model on half of every chunk and trains its own sites on whole
+    batches; data-parallel: every rank trains every SAE on half of each batch. Both equal one process."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    worker = Path(__file__).parent / "scope_ddp_worker.py"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    for cmd, out in (([*torchrun, str(worker)], two), ([sys.executable, str(worker)], one)):
+        proc = subprocess.run(
+            [*cmd, str(tiny["lm"]), str(tiny["corpus"]), str(out), parallel], env=env, capture_output=True,
+            text=True, timeout=300, cwd=tmp_path,
+        )  # fmt: skip
+        torn_down = (
+            "terminate called without an active exception" in proc.stderr and "Traceback" not in proc.stderr
+        )
+        assert proc.returncode == 0 or torn_down, proc.stderr[-3000:]
+    a, b = load_scope(one), load_scope(two)
+    assert sorted(a) == sorted(b) and len(a) == 6
+    for key in a:
+        for name, value in a[key].state_dict().items():
+            # float64: only the order of sums differs (the model's batches, the gradient all-reduce)
+            torch.testing.assert_close(
+                b[key].state_dict()[name], value, rtol=1e-9, atol=1e-11, msg=f"{key} {name}"
+            )
+    timing = json.loads((two / "timing.json").read_text())
+    assert timing["processes"] == 2 and timing["parallel"] == parallel
+    assert min(timing["activation_bytes_sent_per_step_per_rank"]) > 0

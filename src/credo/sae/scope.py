@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Literal
 
 import torch
+import torch.distributed as dist
 
 from credo.config import config_to_dict
 from credo.distributed import distributed_context
@@ -85,6 +86,10 @@ class ScopeConfig:
     """Sparsity-coefficient warm-up steps, capped at 5% of the run; the controller acts after it."""
     lr_decay: Literal["linear", "cosine", "none"] = "linear"
     """Decay of the learning rate to zero over the last 20% of training."""
+    parallel: Literal["sites", "data"] = "sites"
+    """Under torchrun: sites (each rank runs the model on its share of every batch, the activations are sent to
+    the rank that owns each site, which trains it on the whole batch) or data (every rank trains every SAE on
+    its rows of each batch, gradients all-reduced). Ignored in one process."""
     chunk_windows: int = 64
     """Windows per shuffled chunk of the stream (memory: one chunk per site)."""
     harvest_batch_size: int = 8
@@ -168,11 +173,7 @@ class ScopeTrainer:
         from credo.sae.train import SAETrainer
 
         self.cfg = cfg
-        _, world = distributed_context()
-        if world > 1:
-            raise ValueError(
-                "credo sae scope runs in one process for now; under torchrun, train sites with credo sae train"
-            )
+        self.rank, self.world = distributed_context()
         if model is None:
             n = layer_count(cfg.model)
             if n is not None:  # a bad --layers costs no load time
@@ -180,26 +181,36 @@ class ScopeTrainer:
             model, tokenizer = load_causal_lm(cfg.model)
         self.model = model.to(cfg.device).eval()
         self.sites = cfg.site_names(len(find_layers(model)[1]))
-        self._check_out()
+        # sites mode: round-robin in forward order, so each rank gets early and late layers alike
+        self.owners = (
+            {s: i % self.world for i, s in enumerate(self.sites)}
+            if self.world > 1 and cfg.parallel == "sites"
+            else None
+        )
+        if self.rank == 0:
+            self._check_out()
+        self._barrier()
         windows = tokenize_windows(tokenizer, load_corpus(cfg.corpus), cfg.context_size)
         train, held = split_windows(windows, cfg.held_out)
         self.held_out_windows = held
         drop = drops_bos(tokenizer, train, True)
         dtype = getattr(torch, cfg.dtype)
+        widths = {site: site_width(self.model, site) for site in self.sites}
         self.stream = ScopeStream(
             self.model, train, self.sites, cfg.batch_size, cfg.seed, cfg.chunk_windows, cfg.harvest_batch_size,
-            drop, dtype,
+            drop, dtype, self.owners, widths,
         )  # fmt: skip
         self.total_steps = cfg.tokens // cfg.batch_size
         name = model_name(cfg.model)
         corpus = {"corpus": f"{cfg.corpus} (held out: last {cfg.held_out:g} of windows)"}
         self.trainers = {
             site: SAETrainer(
-                self.site_config(site, site_width(self.model, site)),
+                self.site_config(site, widths[site]),
                 source=self.stream,
                 provenance={"model": name, "site": site, "context_size": cfg.context_size, "harvest": corpus},
+                distributed=self.owners is None,  # a site's owner trains it alone, on whole batches
             )
-            for site in self.sites
+            for site in self.stream.local_sites
         }  # fmt: skip
 
     def site_config(self, site: str, d_in: int):
@@ -238,23 +249,23 @@ class ScopeTrainer:
 
         began = time.perf_counter()
         steps = {site: t.begin() for site, t in self.trainers.items()}
-        start = min(steps.values())
-        if start:
+        start = self._all_min(min(steps.values(), default=self.total_steps))
+        if start and self.rank == 0:
             notice("resuming the scope in %s at step %d/%d", self.cfg.out, start, self.total_steps)
-        fresh = [site for site, s in steps.items() if s == 0]
-        if fresh:
-            self._set_input_scales(fresh)
+        self._set_input_scales([site for site, s in steps.items() if s == 0])
         bar = Progress(
             self.total_steps, f"scope of {len(self.sites)} SAEs", "step", initial=start,
-            every=self.cfg.progress_every, enabled=self.cfg.progress,
+            every=self.cfg.progress_every, enabled=self.cfg.progress and self.rank == 0,
         )  # fmt: skip
+        data_parallel = self.world > 1 and self.owners is None
         batches = self.stream.batches(start)
         for step in range(start, self.total_steps):
             batch = next(batches)
             shown = None
             for site, trainer in self.trainers.items():
                 if trainer.step == step:  # a site already past this batch (checkpointed later) waits
-                    summary = trainer.advance(batch[site], step)
+                    x = batch[site][self.rank :: self.world] if data_parallel else batch[site]
+                    summary = trainer.advance(x, step)
                     shown = shown if summary is None else f"{site}: {summary}"
             bar.update(1, shown)
             if on_step is not None:
@@ -262,14 +273,41 @@ class ScopeTrainer:
         bar.close()
         saved = {site: trainer.finish()[0] for site, trainer in self.trainers.items()}
         trained_s = time.perf_counter() - began
-        index = write_release(self.cfg.out, saved)
-        timing = {"train_s": trained_s, "steps_this_run": self.total_steps - start, "eval_s": None}
-        if self.cfg.eval_tokens:
-            began = time.perf_counter()
-            self.evaluate(saved)
-            timing["eval_s"] = time.perf_counter() - began
-        write_json(Path(self.cfg.out) / "timing.json", timing)
+        index = Path(self.cfg.out) / "index.json"
+        sent = [self.stream.bytes_sent]
+        if self.world > 1:  # every rank's SAEs and traffic, on rank 0
+            everyone: list = [None] * self.world
+            dist.all_gather_object(everyone, (saved, self.stream.bytes_sent))
+            saved = {site: path for part, _ in everyone for site, path in part.items()}
+            saved = {site: saved[site] for site in self.sites}
+            sent = [b for _, b in everyone]
+        if self.rank == 0:
+            write_release(self.cfg.out, saved)
+            steps_run = max(1, self.total_steps - start)
+            timing = {
+                "train_s": trained_s, "steps_this_run": self.total_steps - start, "eval_s": None,
+                "processes": self.world, "parallel": self.cfg.parallel if self.world > 1 else None,
+                "activation_bytes_sent_per_step_per_rank": [b / steps_run for b in sent],
+            }  # fmt: skip
+            if self.cfg.eval_tokens:
+                began = time.perf_counter()
+                self.evaluate(saved)
+                timing["eval_s"] = time.perf_counter() - began
+            write_json(Path(self.cfg.out) / "timing.json", timing)
+        self._barrier()
         return index
+
+    def _barrier(self) -> None:
+        if self.world > 1:
+            dist.barrier()
+
+    def _all_min(self, value: int) -> int:
+        """The smallest ``value`` over ranks (the step every rank resumes from)."""
+        if self.world == 1:
+            return value
+        t = torch.tensor([value], dtype=torch.int64)
+        dist.all_reduce(t, op=dist.ReduceOp.MIN)
+        return int(t)
 
     def evaluate(self, saved: dict[str, Path]) -> Path:
         """The evaluation pass (:mod:`credo.sae.scope_evaluate`) on the first ``eval_tokens`` held-out
@@ -290,8 +328,13 @@ class ScopeTrainer:
 
     def _set_input_scales(self, sites: list[str]) -> None:
         """``s = 1 / sqrt(mean ||x||^2)`` per site over the stream's first batches (as many as a trainer's
-        ``input_scale_batches``, at most the run); only sums are kept, so memory does not grow with sites."""
-        n = min(self.trainers[sites[0]].cfg.input_scale_batches, self.total_steps)
+        ``input_scale_batches``, at most the run); only sums are kept, so memory does not grow with sites.
+        Under torchrun every rank reads those batches (the stream is collective) if any rank needs them."""
+        from credo.sae.train_config import SAETrainConfig
+
+        if self._all_min(0 if sites else 1):
+            return  # no rank has a fresh site
+        n = min(SAETrainConfig.input_scale_batches, self.total_steps)
         sums = {site: torch.zeros(2, dtype=torch.float64) for site in sites}
         for _, batch in zip(range(n), self.stream.batches(0), strict=False):
             for site in sites:

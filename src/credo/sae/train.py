@@ -46,13 +46,19 @@ class SAETrainer(TrainerState):
 
     ``provenance`` (``model``, ``site``, ``context_size``, ``harvest: {corpus}``, as a store's manifest has
     them) is recorded in each SAE's config when the source is not a store, e.g. a stream from the model.
+    ``distributed=False`` trains as one process even under torchrun (a scope's rank training its own sites
+    on whole batches).
     """
 
     def __init__(
-        self, config: SAETrainConfig, source: BatchSource | None = None, provenance: dict | None = None
+        self,
+        config: SAETrainConfig,
+        source: BatchSource | None = None,
+        provenance: dict | None = None,
+        distributed: bool = True,
     ):
         cfg = self.cfg = config
-        self.rank, self.world = distributed_context()
+        self.rank, self.world = distributed_context() if distributed else (0, 1)
         if cfg.batch_size % self.world:
             raise ValueError(f"batch_size={cfg.batch_size} must be divisible by the {self.world} processes")
         self.device = torch.device(cfg.device)
