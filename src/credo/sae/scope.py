@@ -18,7 +18,8 @@ only on the batches it has not seen. Layout of ``out/``::
     layer_{L}/{kind}/width_{W}/average_l0_{N}/ the release (:mod:`credo.sae.scope_release`), and index.json
     scope_eval.json, scope_eval.csv            the evaluation pass (:mod:`credo.sae.scope_evaluate`)
     scope_report.html                          its layer x site heat maps
-    timing.json                                seconds of training (this run) and of the evaluation
+    timing.json                                seconds of training (this run: waiting for activations, SAE
+                                               steps), of the evaluation; resident memory along the run
 """
 
 from __future__ import annotations
@@ -259,14 +260,21 @@ class ScopeTrainer:
         )  # fmt: skip
         data_parallel = self.world > 1 and self.owners is None
         batches = self.stream.batches(start)
+        stream_s = sae_s = 0.0  # waiting for the model's activations (and their exchange); the SAEs' steps
+        memory = []
         for step in range(start, self.total_steps):
+            t0 = time.perf_counter()
             batch = next(batches)
+            t1 = time.perf_counter()
             shown = None
             for site, trainer in self.trainers.items():
                 if trainer.step == step:  # a site already past this batch (checkpointed later) waits
                     x = batch[site][self.rank :: self.world] if data_parallel else batch[site]
                     summary = trainer.advance(x, step)
                     shown = shown if summary is None else f"{site}: {summary}"
+            stream_s, sae_s = stream_s + t1 - t0, sae_s + time.perf_counter() - t1
+            if step % max(1, self.total_steps // 20) == 0 or step == self.total_steps - 1:
+                memory.append([step + 1, resident_mb()])
             bar.update(1, shown)
             if on_step is not None:
                 on_step(step + 1)
@@ -286,6 +294,7 @@ class ScopeTrainer:
             steps_run = max(1, self.total_steps - start)
             timing = {
                 "train_s": trained_s, "steps_this_run": self.total_steps - start, "eval_s": None,
+                "stream_s": stream_s, "sae_steps_s": sae_s, "resident_mb_by_step": memory,
                 "processes": self.world, "parallel": self.cfg.parallel if self.world > 1 else None,
                 "activation_bytes_sent_per_step_per_rank": [b / steps_run for b in sent],
             }  # fmt: skip
@@ -347,6 +356,17 @@ class ScopeTrainer:
             if not (count and total > 0):
                 raise ValueError(f"cannot normalise the activations at {site}: their mean squared norm is 0")
             self.trainers[site].set_input_scale((total / count) ** -0.5)
+
+
+def resident_mb() -> float:
+    """This process's resident memory in MB (Linux; NaN elsewhere)."""
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+    except (OSError, ValueError, IndexError):
+        return float("nan")
+    import os
+
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
 def run_scope(cfg: ScopeConfig) -> Path:
