@@ -327,3 +327,32 @@ def test_two_processes_under_torchrun_match_one(tiny, tmp_path, parallel):
     timing = json.loads((two / "timing.json").read_text())
     assert timing["processes"] == 2 and timing["parallel"] == parallel
     assert min(timing["activation_bytes_sent_per_step_per_rank"]) > 0
+
+
+def test_cache_holds_the_streamed_rows_exactly_after_a_kill_and_training_is_unchanged(tiny, tmp_path):
+    from credo.sae.store import ActivationStore
+
+    ScopeTrainer(scope_cfg(tiny, tmp_path / "plain")).run()
+
+    def kill(step):
+        if step == 7:
+            raise KeyboardInterrupt
+
+    cached = scope_cfg(tiny, tmp_path / "cached", cache=True, cache_shard_tokens=250)
+    with pytest.raises(KeyboardInterrupt):
+        ScopeTrainer(cached).run(on_step=kill)
+    # the trainers checkpointed step 6 (384 rows), the stores hold one shard (250 rows): the rerun restarts
+    # the stream at batch 3 for the stores while the trainers wait for batch 6
+    for site in SCOPE:
+        assert Checkpoint(tmp_path / "cached" / "checkpoint" / site).load()["step"] == 6
+        assert json.loads((tmp_path / "cached" / "acts" / site / "manifest.json").read_text())["source_tokens"] == 250
+    trainer = ScopeTrainer(cached)
+    trainer.run()
+    assert_same(trained(tmp_path / "cached"), trained(tmp_path / "plain"))
+    rows = 12 * 64  # the run's 12 batches, inside the first epoch
+    expected = [b for _, b in zip(range(12), trainer.stream.batches(0), strict=False)]
+    for site in SCOPE:
+        store = ActivationStore(tmp_path / "cached" / "acts" / site)
+        assert len(store) == rows and store.manifest["complete"]
+        got = torch.cat([store.read_shard(i) for i in range(len(store.shards))])
+        assert torch.equal(got, torch.cat([b[site] for b in expected]))

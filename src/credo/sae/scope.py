@@ -15,6 +15,7 @@ only on the batches it has not seen. Layout of ``out/``::
     scope_config.json                          the configuration (a rerun with another one is refused)
     train/<site>/<sae>/                        credo-format SAEs with their training_log.jsonl
     checkpoint/<site>/checkpoint.pt            each site's trainer state
+    acts/<site>/                               with --cache: the streamed activations as an activation store
     layer_{L}/{kind}/width_{W}/average_l0_{N}/ the release (:mod:`credo.sae.scope_release`), and index.json
     scope_eval.json, scope_eval.csv            the evaluation pass (:mod:`credo.sae.scope_evaluate`)
     scope_report.html                          its layer x site heat maps
@@ -91,6 +92,11 @@ class ScopeConfig:
     """Under torchrun: sites (each rank runs the model on its share of every batch, the activations are sent to
     the rank that owns each site, which trains it on the whole batch) or data (every rank trains every SAE on
     its rows of each batch, gradients all-reduced). Ignored in one process."""
+    cache: bool = False
+    """Also write every site's activations, as they stream, to an activation store under out/acts/<site> (the
+    first epoch's rows, in stream order), for training other SAEs on them later with credo sae train."""
+    cache_shard_tokens: int = 65536
+    """Rows per shard file of the --cache stores."""
     chunk_windows: int = 64
     """Windows per shuffled chunk of the stream (memory: one chunk per site)."""
     harvest_batch_size: int = 8
@@ -254,6 +260,17 @@ class ScopeTrainer:
         if start and self.rank == 0:
             notice("resuming the scope in %s at step %d/%d", self.cfg.out, start, self.total_steps)
         self._set_input_scales([site for site, s in steps.items() if s == 0])
+        cache_rows = min(self.total_steps * self.cfg.batch_size, self.stream.rows_per_epoch)
+        writers = self._cache_writers() if self.cfg.cache else {}
+        writers = {site: w for site, w in writers.items() if not w.complete}
+        # a store behind the trainers (its last shard lost in a kill) restarts the stream earlier; they wait
+        if self.cfg.cache:
+            behind = [
+                w.source_tokens // self.cfg.batch_size
+                for w in writers.values()
+                if w.source_tokens < cache_rows
+            ]
+            start = self._all_min(min([start, *behind]))
         bar = Progress(
             self.total_steps, f"scope of {len(self.sites)} SAEs", "step", initial=start,
             every=self.cfg.progress_every, enabled=self.cfg.progress and self.rank == 0,
@@ -273,12 +290,19 @@ class ScopeTrainer:
                     summary = trainer.advance(x, step)
                     shown = shown if summary is None else f"{site}: {summary}"
             stream_s, sae_s = stream_s + t1 - t0, sae_s + time.perf_counter() - t1
+            position = step * self.cfg.batch_size
+            for site, w in writers.items():
+                have = w.appended - position  # rows of this batch the store holds already
+                if position < cache_rows and have < self.cfg.batch_size:
+                    w.append(batch[site][max(have, 0) : cache_rows - position])
             if step % max(1, self.total_steps // 20) == 0 or step == self.total_steps - 1:
                 memory.append([step + 1, resident_mb()])
             bar.update(1, shown)
             if on_step is not None:
                 on_step(step + 1)
         bar.close()
+        for w in writers.values():
+            w.finish()
         saved = {site: trainer.finish()[0] for site, trainer in self.trainers.items()}
         trained_s = time.perf_counter() - began
         index = Path(self.cfg.out) / "index.json"
@@ -305,6 +329,29 @@ class ScopeTrainer:
             write_json(Path(self.cfg.out) / "timing.json", timing)
         self._barrier()
         return index
+
+    def _cache_writers(self) -> dict:
+        """One activation store per site this rank receives, under out/acts/<site> (resumed if it exists)."""
+        from credo.sae.models import model_name
+        from credo.sae.writer import ActivationWriter
+
+        corpus = {
+            "corpus": f"{self.cfg.corpus} (held out: last {self.cfg.held_out:g} of windows)",
+            "exclude_bos": bool(self.stream.first),
+            "order": f"credo sae scope stream, seed {self.cfg.seed}",
+        }
+        return {
+            site: ActivationWriter(
+                Path(self.cfg.out) / "acts" / site,
+                model_name(self.cfg.model),
+                site,
+                self.stream.widths[site],
+                shard_tokens=self.cfg.cache_shard_tokens,
+                context_size=self.cfg.context_size,
+                harvest=corpus,
+            )
+            for site in self.stream.local_sites
+        }
 
     def _barrier(self) -> None:
         if self.world > 1:
