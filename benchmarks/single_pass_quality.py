@@ -33,11 +33,12 @@ The softmax CNN's figures come from this run's own ``softmax`` cells if asked fo
 from __future__ import annotations
 
 import argparse
+import json
 
 import numpy as np
 
 from _common import FASHION_MNIST_KEYS as KEYS
-from _common import cell_rows, fashion_mnist_quality_row, summary, write_result
+from _common import RESULTS, cell_rows, fashion_mnist_quality_row, summary, write_result
 from credo.bench import ResultsStore, run_benchmark
 
 ABLATIONS = {"due": "due-no-sn", "duq": "duq-no-gp"}
@@ -60,11 +61,13 @@ def main() -> None:
     run_benchmark("fashion-mnist", methods, seeds, out, budget=args.budget)
     # Every finished cell in the store counts, also those of earlier runs with other --methods.
     cells = {(c.method, c.seed): c for c in ResultsStore(out).finished_cells(arrays=False)}
+    name = "single_pass_quality" if args.budget == "full" else f"single_pass_quality_{args.budget}"
     present = sorted({m for m, _ in cells})
     rows: dict = {}
     for method in present:
         seeds = sorted(s for m, s in cells if m == method)
         rows[method] = {"seeds": seeds, **cell_rows(cells, method, seeds)}
+    carried = carry_over(RESULTS / f"{name}.json", rows, cells)
     earlier = fashion_mnist_quality_row("softmax") if args.budget == "full" else None
     if "softmax" not in rows and earlier is not None:
         rows["softmax"] = {"from": earlier["from"], **{name: earlier[key] for name, key in KEYS.items()}}
@@ -93,15 +96,50 @@ def main() -> None:
             )
             collapse[f"{method}_minus_{ablated}_auroc_mnist"] = summary([float(v) for v in diff])
     write_result(
-        "single_pass_quality" if args.budget == "full" else f"single_pass_quality_{args.budget}",
+        name,
         {
             "task": "fashion-mnist",
             "budget": args.budget,
             "methods": rows,
+            "carried_over": carried,
             "feature_collapse": collapse,
             "checks": checks,
         },
     )
+
+
+def carry_over(path, rows: dict, cells: dict) -> dict:
+    """Keep the per-seed figures of an earlier result file for seeds whose cells this store lacks.
+
+    A seed of DUQ's paper setup costs hours of the machine, and a store lives under ``runs/``, which a fresh
+    checkout does not have: the committed result file is then the only record of the seeds finished in an
+    earlier checkout. Such seeds are merged into ``rows`` (per metric, in seed order; the summaries recomputed)
+    and listed in the returned ``{method: [seeds]}``. A figure the file does not hold (null) is left out of
+    that metric's summary. Seeds present in both are taken from the store.
+    """
+    if not path.exists():
+        return {}
+    earlier = json.loads(path.read_text()).get("methods", {})
+    carried: dict = {}
+    for method, old in earlier.items():
+        if "seeds" not in old:
+            continue
+        missing = [s for s in old["seeds"] if (method, s) not in cells]
+        if not missing:
+            continue
+        carried[method] = missing
+        new = rows.setdefault(method, {"seeds": []})
+        seeds = sorted(set(new["seeds"]) | set(missing))
+        for metric in ("train_seconds", *KEYS):
+            by_seed = dict(zip(old[metric].get("seeds", old["seeds"]), old[metric]["values"], strict=True))
+            if metric in new:
+                by_seed.update(
+                    zip(new[metric].get("seeds", new["seeds"]), new[metric]["values"], strict=True)
+                )
+            have = [s for s in seeds if by_seed.get(s) is not None]
+            new[metric] = {**summary([by_seed[s] for s in have]), "seeds": have}
+        new["seeds"] = seeds
+    return carried
 
 
 if __name__ == "__main__":

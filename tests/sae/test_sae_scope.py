@@ -345,7 +345,10 @@ def test_cache_holds_the_streamed_rows_exactly_after_a_kill_and_training_is_unch
     # the stream at batch 3 for the stores while the trainers wait for batch 6
     for site in SCOPE:
         assert Checkpoint(tmp_path / "cached" / "checkpoint" / site).load()["step"] == 6
-        assert json.loads((tmp_path / "cached" / "acts" / site / "manifest.json").read_text())["source_tokens"] == 250
+        assert (
+            json.loads((tmp_path / "cached" / "acts" / site / "manifest.json").read_text())["source_tokens"]
+            == 250
+        )
     trainer = ScopeTrainer(cached)
     trainer.run()
     assert_same(trained(tmp_path / "cached"), trained(tmp_path / "plain"))
