@@ -178,8 +178,9 @@ def write_scope_report(out: str | Path, table: dict[str, dict[str, float]], titl
         for i in range(len(layers)):
             for j in range(len(kinds)):
                 v = float(grid[i, j])
-                if not math.isnan(v):
-                    ax.text(j, i, f"{v:.3g}", ha="center", va="center", fontsize=7, color="w")
+                if not math.isnan(v):  # dark text on the light end of the colour map
+                    shade = "k" if float(image.norm(v)) > 0.6 else "w"
+                    ax.text(j, i, f"{v:.3g}", ha="center", va="center", fontsize=7, color=shade)
         mean = f"mean {float(values.mean()):.3g}" if len(values) else "no values"
         ax.set_title(f"{label}: {mean}", fontsize=10)
         fig.tight_layout()
