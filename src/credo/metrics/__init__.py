@@ -13,6 +13,13 @@ from .classification import (
     negative_log_likelihood,
     reliability_diagram,
 )
+from .conformal_sets import (
+    conformal_quantile,
+    conformal_scores,
+    prediction_sets,
+    set_coverage,
+    set_size,
+)
 from .ood import aupr_in, aupr_out, fpr_at_95_tpr, ood_auroc, ood_metrics
 from .regression import (
     calibration_curve,
@@ -27,7 +34,12 @@ from .regression import (
     pinball_loss,
     root_mean_squared_error,
 )
-from .selective import ReferralCurve, area_under_risk_coverage, referral_curve
+from .selective import (
+    ReferralCurve,
+    area_under_generalized_risk_coverage,
+    area_under_risk_coverage,
+    referral_curve,
+)
 from .streaming import ClassificationAccumulator, RegressionAccumulator, ScoreAccumulator
 
 __all__ = [
@@ -38,7 +50,13 @@ __all__ = [
     "ScoreAccumulator",
     "accuracy",
     "adaptive_calibration_error",
+    "area_under_generalized_risk_coverage",
     "area_under_risk_coverage",
+    "conformal_quantile",
+    "conformal_scores",
+    "prediction_sets",
+    "set_coverage",
+    "set_size",
     "aupr_in",
     "aupr_out",
     "brier_score",

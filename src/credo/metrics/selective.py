@@ -112,3 +112,29 @@ def area_under_risk_coverage(probs: ArrayLike, labels: ArrayLike, uncertainty: A
     """
     p, y, u = _inputs(probs, labels, uncertainty)
     return aurc_from_correct(p.argmax(axis=1) == y, u)
+
+
+def augrc_from_correct(correct: np.ndarray, uncertainty: np.ndarray) -> float:
+    """AUGRC from per-example correctness [N] (bool) and uncertainty [N]; see
+    :func:`area_under_generalized_risk_coverage`."""
+    order = np.argsort(uncertainty, kind="stable")
+    u, err = uncertainty[order], (~correct[order]).astype(np.float64)
+    n = u.size
+    cum_err = np.cumsum(err)
+    group_end = np.searchsorted(u, u, side="right")
+    return float((cum_err[group_end - 1] / n).sum() / n)
+
+
+def area_under_generalized_risk_coverage(
+    probs: ArrayLike, labels: ArrayLike, uncertainty: ArrayLike
+) -> float:
+    """Area under the generalized risk-coverage curve (AUGRC, Traub et al. 2024). Lower is better.
+
+    The generalized risk of keeping ``S_k`` is the joint probability that an example is kept AND wrong,
+    ``GR(S_k) = (1/N) sum_{i in S_k} err_i``, where AURC's risk divides by ``|S_k|`` instead; so
+    ``AUGRC = (1/N) sum_k GR(S_k)``, the average over coverages of the share of all examples that are silently
+    wrong. Unlike AURC it does not weigh the errors among the few most confident examples heavily (at coverage
+    ``k / N`` AURC divides by ``k``). Ties grouped as in :func:`area_under_risk_coverage`.
+    """
+    p, y, u = _inputs(probs, labels, uncertainty)
+    return augrc_from_correct(p.argmax(axis=1) == y, u)
