@@ -11,8 +11,8 @@ import pytest
 from credo.metrics import (
     area_under_generalized_risk_coverage,
     area_under_risk_coverage,
-    conformal_quantile,
     conformal_scores,
+    conformal_set_threshold,
     prediction_sets,
     set_coverage,
     set_size,
@@ -52,11 +52,11 @@ def test_scores_equal_a_naive_loop(kind, randomized):
 
 def test_quantile_is_the_finite_sample_order_statistic():
     s = np.arange(1, 20)  # n = 19
-    assert conformal_quantile(s, 0.1) == 18  # ceil(20 * 0.9) = 18th smallest
-    assert conformal_quantile(s, 0.5) == 10
-    assert conformal_quantile(s, 0.01) == math.inf  # ceil(20 * 0.99) = 20 > n
+    assert conformal_set_threshold(s, 0.1) == 18  # ceil(20 * 0.9) = 18th smallest
+    assert conformal_set_threshold(s, 0.5) == 10
+    assert conformal_set_threshold(s, 0.01) == math.inf  # ceil(20 * 0.99) = 20 > n
     with pytest.raises(ValueError, match="alpha"):
-        conformal_quantile(s, 1.0)
+        conformal_set_threshold(s, 1.0)
 
 
 @pytest.mark.parametrize("kind", ["lac", "aps", "raps"])

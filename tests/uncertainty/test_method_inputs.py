@@ -96,7 +96,7 @@ def test_examples_of_the_right_size_in_another_shape_are_reshaped():
 
 def final_state(name: str, x, y) -> dict[str, torch.Tensor]:
     method = make(name)
-    method.fit(ArrayDataset(x, y).loader(32, shuffle=True))
+    method.fit(ArrayDataset(x, y).loader(32, shuffle=True), ArrayDataset(x, y).loader(32))
     return method.model.state_dict()
 
 
@@ -116,7 +116,7 @@ def test_fractional_float_labels_are_refused(name):
     with pytest.raises(
         ValueError, match=r"labels must be integer class indices 0..2, got float values like 0.5"
     ):
-        make(name).fit(ArrayDataset(X, y).loader(32))
+        make(name).fit(ArrayDataset(X, y).loader(32), data_for(name).loader(32))
 
 
 @pytest.mark.parametrize("bad", [3, -1])
@@ -128,7 +128,7 @@ def test_labels_outside_the_classes_are_refused_naming_the_range(name, bad):
     with pytest.raises(
         ValueError, match=rf"training batch 0 has labels in \[{lo}, {hi}\] but the model has 3"
     ):
-        make(name).fit(ArrayDataset(X, y).loader(32))
+        make(name).fit(ArrayDataset(X, y).loader(32), data_for(name).loader(32))
 
 
 @pytest.mark.parametrize("name", CLASSIFIERS)
@@ -137,7 +137,7 @@ def test_one_hot_labels_are_refused_with_the_argmax_fix(name):
     with pytest.raises(
         ValueError, match=r"labels of shape \(32, 3\); pass class indices shaped \[B\].*argmax"
     ):
-        make(name).fit(ArrayDataset(X, onehot).loader(32))
+        make(name).fit(ArrayDataset(X, onehot).loader(32), data_for(name).loader(32))
 
 
 @pytest.mark.parametrize("name", ALL)
@@ -147,7 +147,7 @@ def test_a_wrong_feature_width_in_fit_is_refused_naming_both_widths(name):
     with pytest.raises(
         ValueError, match=r"5 values per example, but the model takes batches shaped \[B, 6\]"
     ):
-        method.fit(ArrayDataset(data.x[:, :5], data.y).loader(32))
+        method.fit(ArrayDataset(data.x[:, :5], data.y).loader(32), data.loader(32))
 
 
 def edit_config(directory, **backbone) -> None:

@@ -160,6 +160,10 @@ def test_every_method_reports_which_way_its_uncertainty_points(name):
             torch.testing.assert_close(pred.uncertainty, method.model.eval()(TINY_X).max(-1).values)
     elif name == "sngp":  # Dempster-Shafer K / (K + sum exp(logits)): in (0, 1), larger with less evidence
         assert ((pred.uncertainty > 0) & (pred.uncertainty < 1)).all()
+    elif (
+        name == "posthoc_score"
+    ):  # here the k-NN distance of unit features (values: tests/uncertainty/test_posthoc.py)
+        assert ((pred.uncertainty >= 0) & (pred.uncertainty <= 2)).all()
     elif pred.probs is not None:  # the default score is the predictive entropy
         torch.testing.assert_close(pred.uncertainty, scipy_entropy(pred.probs))
     elif pred.std is not None:

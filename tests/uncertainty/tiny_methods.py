@@ -40,6 +40,8 @@ TINY: dict[str, dict] = {
     "mc_dropout_regression": {"backbone": mlp(1, 0.3), "num_samples": 5},
     "cqr": {"backbone": mlp(1)},
     "split_conformal": {"backbone": mlp(1)},
+    "temperature_scaling": {"backbone": mlp(NUM_CLASSES)},
+    "posthoc_score": {"backbone": mlp(NUM_CLASSES), "kind": "knn", "k": 5, "train_features": 64},
 }
 """Constructor arguments of each registered method on tabular inputs (besides ``fit``)."""
 COVERED_ELSEWHERE = {
@@ -49,7 +51,17 @@ COVERED_ELSEWHERE = {
 tested in their own files, because the tabular inputs here do not fit them."""
 TABULAR = sorted(name for name in METHODS if name not in COVERED_ELSEWHERE)
 """The methods every test over this harness runs on."""
-CLASSIFIERS = ("softmax", "mc_dropout", "ensemble", "duq", "due", "sngp", "mfvi")
+CLASSIFIERS = (
+    "softmax",
+    "mc_dropout",
+    "ensemble",
+    "duq",
+    "due",
+    "sngp",
+    "mfvi",
+    "temperature_scaling",
+    "posthoc_score",
+)
 """The entries of :data:`TINY` that classify (the others regress one number)."""
 
 
@@ -64,9 +76,10 @@ def data_for(name: str) -> ArrayDataset:
 
 
 def fit_tiny(name: str, **overrides) -> UncertaintyMethod:
-    """The tiny method ``name`` after one epoch on its data set."""
+    """The tiny method ``name`` after one epoch on its data set (also its validation set, for the methods that
+    fit a statistic on held-out data)."""
     method = make(name, **overrides)
-    return method.fit(data_for(name).loader(32, shuffle=True))
+    return method.fit(data_for(name).loader(32, shuffle=True), data_for(name).loader(32))
 
 
 @functools.cache

@@ -81,6 +81,15 @@ BENCH_METHODS: dict[str, BenchMethod] = {
         per_budget={"demo": {"num_samples": 8}, "test": {"num_samples": 4}},
     ),
     "ensemble": BenchMethod("ensemble", config={"member": "softmax", "num_members": 5}),
+    # post-hoc on the softmax network (the same config and seed, so the same weights as "softmax"):
+    # a temperature fitted on the validation split, and OOD scores of its logits or penultimate features
+    "temperature": BenchMethod("temperature_scaling"),
+    "softmax-energy": BenchMethod("posthoc_score", config={"kind": "energy"}),
+    "softmax-max-logit": BenchMethod("posthoc_score", config={"kind": "max_logit"}),
+    "mahalanobis": BenchMethod("posthoc_score", config={"kind": "mahalanobis"}),
+    "knn": BenchMethod(
+        "posthoc_score", config={"kind": "knn"}, per_budget={"test": {"k": 5, "train_features": 200}}
+    ),
     # The BDL benchmark's remaining baselines: mean-field VI (one weight sample per training step, 16 at test
     # time) and an ensemble of five MC dropout networks (16 passes each).
     "mfvi": BenchMethod(

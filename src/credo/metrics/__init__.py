@@ -14,8 +14,8 @@ from .classification import (
     reliability_diagram,
 )
 from .conformal_sets import (
-    conformal_quantile,
     conformal_scores,
+    conformal_set_threshold,
     prediction_sets,
     set_coverage,
     set_size,
@@ -52,7 +52,7 @@ __all__ = [
     "adaptive_calibration_error",
     "area_under_generalized_risk_coverage",
     "area_under_risk_coverage",
-    "conformal_quantile",
+    "conformal_set_threshold",
     "conformal_scores",
     "prediction_sets",
     "set_coverage",

@@ -75,8 +75,10 @@ def conformal_scores(
     return out
 
 
-def conformal_quantile(calibration_scores: ArrayLike, alpha: float) -> float:
-    """``q``: the ``ceil((n + 1)(1 - alpha))``-th smallest of the ``n`` calibration scores (+inf beyond n)."""
+def conformal_set_threshold(calibration_scores: ArrayLike, alpha: float) -> float:
+    """``q``: the ``ceil((n + 1)(1 - alpha))``-th smallest of the ``n`` calibration scores, the rank the regression
+    intervals use too (:func:`credo.uncertainty.conformal_scores.conformal_rank`); beyond ``n`` it is +inf, so
+    every set is the full label set (an interval cannot be infinite, so the regression methods refuse instead)."""
     s = np.sort(np.asarray(calibration_scores, dtype=np.float64).reshape(-1))
     if not 0 < alpha < 1:
         raise ValueError(f"alpha must be in (0, 1), got {alpha}")
@@ -113,10 +115,10 @@ def prediction_sets(
     cal = conformal_scores(cal_p, score, randomized, u_cal, k_reg, lam)[np.arange(len(cal_y)), cal_y]
     test = conformal_scores(p, score, randomized, u_test, k_reg, lam)
     if not class_conditional:
-        return test <= conformal_quantile(cal, alpha)
+        return test <= conformal_set_threshold(cal, alpha)
     q = np.array(
         [
-            conformal_quantile(cal[cal_y == c], alpha) if (cal_y == c).any() else math.inf
+            conformal_set_threshold(cal[cal_y == c], alpha) if (cal_y == c).any() else math.inf
             for c in range(p.shape[1])
         ]
     )

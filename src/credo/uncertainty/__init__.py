@@ -26,12 +26,24 @@ from credo.uncertainty.mc_dropout import MCDropout, MCDropoutConfig
 from credo.uncertainty.mc_dropout_regression import MCDropoutRegression, MCDropoutRegressionConfig
 from credo.uncertainty.mean_variance import MeanVariance, MeanVarianceConfig
 from credo.uncertainty.mfvi import MeanFieldVI, MeanFieldVIConfig
+from credo.uncertainty.posthoc import (
+    PostHocScore,
+    PostHocScoreConfig,
+    TemperatureScaling,
+    TemperatureScalingConfig,
+    fit_temperature,
+)
 from credo.uncertainty.quantile import QuantileRegression, QuantileRegressionConfig
 from credo.uncertainty.regression import RegressionConfig, RegressionMethod, central_interval
 from credo.uncertainty.sngp import SNGP, SNGPConfig
 from credo.uncertainty.softmax import Softmax, SoftmaxConfig
 
 __all__ = [
+    "PostHocScore",
+    "PostHocScoreConfig",
+    "TemperatureScaling",
+    "TemperatureScalingConfig",
+    "fit_temperature",
     "DUE",
     "DUQ",
     "METHODS",
