@@ -170,3 +170,10 @@ def load_torch_sealed(path: str | Path, fix: str) -> Any:
             f"{path} could not be read as plain tensors and containers ({type(err).__name__}: "
             f"{str(err).splitlines()[0] if str(err) else ''}); {fix}"
         ) from err
+
+
+def cache_dir() -> Path:
+    """credo's cache root: ``$CREDO_CACHE``, else ``$XDG_CACHE_HOME/credo``, else ``~/.cache/credo``."""
+    if os.environ.get("CREDO_CACHE"):
+        return Path(os.environ["CREDO_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "credo"

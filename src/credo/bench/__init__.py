@@ -8,7 +8,7 @@ self-contained ``report.html``, all from the same verified cells. Rerunning the 
 """
 
 # importing these registers their tasks: galaxies-*, rotated-fashion-mnist-*; virtual-diagnostic, diabetes, auto-mpg
-from credo.bench import generative_tasks, regression_tasks  # noqa: F401
+from credo.bench import generative_tasks, regression_tasks, retinopathy_tasks  # noqa: F401
 from credo.bench.aggregate import (
     ResultsTable,
     Summary,

@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from credo.io import read_json
+from credo.io import cache_dir, read_json
 
 log = logging.getLogger(__name__)
 
@@ -49,13 +49,6 @@ class ModelNotFoundError(FileNotFoundError):
         self.looked_for = looked_for
         self.fix = fix
         super().__init__(f"{what} not found: looked for {looked_for}. To get it: {fix}")
-
-
-def cache_dir() -> Path:
-    """credo's cache root: ``$CREDO_CACHE``, else ``$XDG_CACHE_HOME/credo``, else ``~/.cache/credo``."""
-    if os.environ.get("CREDO_CACHE"):
-        return Path(os.environ["CREDO_CACHE"])
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "credo"
 
 
 def _transformers() -> Any:
