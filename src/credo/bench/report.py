@@ -167,6 +167,10 @@ def write_report(out: str | Path) -> Path:
     return write_outputs(out, run, found.cells, found.left_out)[1] or out / "report.html"
 
 
+LEADERBOARD_BOOTSTRAP = 200
+"""Patient resamples of the report's leaderboard intervals."""
+
+
 def write_outputs(
     out: str | Path,
     run: dict[str, Any],
@@ -174,7 +178,8 @@ def write_outputs(
     left_out: Sequence[LeftOut] = (),
     report: bool = True,
 ) -> tuple[ResultsTable, Path | None]:
-    """Write ``results.json`` and (if ``report``) ``table.md`` and ``report.html`` from ``cells`` alone.
+    """Write ``results.json`` and (if ``report``) ``table.md``, ``report.html`` and, for a binary referral task,
+    ``leaderboard.md`` (:mod:`credo.bench.leaderboard`) from ``cells`` alone.
 
     Every number in the three files comes from the one table aggregated here; ``left_out`` (cells on disk
     that are not used) is listed in ``results.json`` and the report. Returns the table and the HTML path.
@@ -189,7 +194,15 @@ def write_outputs(
         return table, None
     atomic_write_bytes(out / "table.md", to_markdown(table).encode())
     groups = _by_method(cells, order)
-    sections = [
+    sections = []
+    probs = cells[0].arrays.get("test/probs")
+    if probs is not None and probs.shape[1] == 2:  # binary referral: the BDL benchmark's leaderboard leads
+        from credo.bench.leaderboard import leaderboard, leaderboard_html, leaderboard_markdown
+
+        rows = leaderboard(cells, n_boot=LEADERBOARD_BOOTSTRAP)
+        atomic_write_bytes(out / "leaderboard.md", leaderboard_markdown(rows).encode())
+        sections += ["<h2>Referral leaderboard</h2>", leaderboard_html(rows)]
+    sections += [
         "<h2>Results</h2>",
         '<p class="note">Mean ± standard error over seeds (std with ddof=1 / sqrt(n)); "–" where one seed '
         "leaves the error undefined. ↑ higher is better, ↓ lower is better. Times in seconds.</p>",
