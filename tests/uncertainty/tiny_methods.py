@@ -41,6 +41,7 @@ TINY: dict[str, dict] = {
     "cqr": {"backbone": mlp(1)},
     "split_conformal": {"backbone": mlp(1)},
     "temperature_scaling": {"backbone": mlp(NUM_CLASSES)},
+    "laplace": {"backbone": mlp(NUM_CLASSES)},
     "posthoc_score": {"backbone": mlp(NUM_CLASSES), "kind": "knn", "k": 5, "train_features": 64},
 }
 """Constructor arguments of each registered method on tabular inputs (besides ``fit``)."""
@@ -61,6 +62,7 @@ CLASSIFIERS = (
     "mfvi",
     "temperature_scaling",
     "posthoc_score",
+    "laplace",
 )
 """The entries of :data:`TINY` that classify (the others regress one number)."""
 

@@ -84,6 +84,7 @@ BENCH_METHODS: dict[str, BenchMethod] = {
     # post-hoc on the softmax network (the same config and seed, so the same weights as "softmax"):
     # a temperature fitted on the validation split, and OOD scores of its logits or penultimate features
     "temperature": BenchMethod("temperature_scaling"),
+    "laplace": BenchMethod("laplace"),  # last-layer Laplace, prior precision chosen on the validation split
     "softmax-energy": BenchMethod("posthoc_score", config={"kind": "energy"}),
     "softmax-max-logit": BenchMethod("posthoc_score", config={"kind": "max_logit"}),
     "mahalanobis": BenchMethod("posthoc_score", config={"kind": "mahalanobis"}),

@@ -22,6 +22,7 @@ from credo.uncertainty.due import DUE, DUEConfig
 from credo.uncertainty.duq import DUQ, DUQConfig
 from credo.uncertainty.ensemble import DeepEnsemble, EnsembleConfig
 from credo.uncertainty.fit import FitConfig, FitHistory, fit_loop
+from credo.uncertainty.laplace import LastLayerLaplace, LastLayerLaplaceConfig
 from credo.uncertainty.mc_dropout import MCDropout, MCDropoutConfig
 from credo.uncertainty.mc_dropout_regression import MCDropoutRegression, MCDropoutRegressionConfig
 from credo.uncertainty.mean_variance import MeanVariance, MeanVarianceConfig
@@ -39,6 +40,8 @@ from credo.uncertainty.sngp import SNGP, SNGPConfig
 from credo.uncertainty.softmax import Softmax, SoftmaxConfig
 
 __all__ = [
+    "LastLayerLaplace",
+    "LastLayerLaplaceConfig",
     "PostHocScore",
     "PostHocScoreConfig",
     "TemperatureScaling",
