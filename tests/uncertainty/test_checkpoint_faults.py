@@ -271,7 +271,9 @@ def test_every_methods_checkpoint_holds_only_tensors_and_plain_containers(tmp_pa
     )
     extra = {"num_members": 2} if name == "ensemble" else {}
     fit = FitConfig(epochs=1, lr=1e-3, progress=False, checkpoint_dir=str(tmp_path))
-    METHODS[name](backbone=backbone, fit=fit, **extra).fit(ArrayDataset(x, y).loader(16))
+    METHODS[name](backbone=backbone, fit=fit, **extra).fit(
+        ArrayDataset(x, y).loader(16), ArrayDataset(x, y).loader(16)
+    )
     paths = sorted(tmp_path.rglob("checkpoint.pt"))
     assert len(paths) == (2 if name == "ensemble" else 1)
     for path in paths:

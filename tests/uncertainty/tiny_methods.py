@@ -42,6 +42,14 @@ TINY: dict[str, dict] = {
     "split_conformal": {"backbone": mlp(1)},
     "temperature_scaling": {"backbone": mlp(NUM_CLASSES)},
     "laplace": {"backbone": mlp(NUM_CLASSES)},
+    "swag": {
+        "backbone": mlp(NUM_CLASSES),
+        "swag_epochs": 2,
+        "snapshots": 6,
+        "rank": 4,
+        "num_samples": 5,
+        "bn_examples": 32,
+    },
     "posthoc_score": {"backbone": mlp(NUM_CLASSES), "kind": "knn", "k": 5, "train_features": 64},
 }
 """Constructor arguments of each registered method on tabular inputs (besides ``fit``)."""
@@ -63,6 +71,7 @@ CLASSIFIERS = (
     "temperature_scaling",
     "posthoc_score",
     "laplace",
+    "swag",
 )
 """The entries of :data:`TINY` that classify (the others regress one number)."""
 

@@ -84,7 +84,10 @@ BENCH_METHODS: dict[str, BenchMethod] = {
     # post-hoc on the softmax network (the same config and seed, so the same weights as "softmax"):
     # a temperature fitted on the validation split, and OOD scores of its logits or penultimate features
     "temperature": BenchMethod("temperature_scaling"),
-    "laplace": BenchMethod("laplace"),  # last-layer Laplace, prior precision chosen on the validation split
+    "laplace": BenchMethod("laplace"),
+    "swag": BenchMethod(
+        "swag", per_budget={"test": {"swag_epochs": 1, "snapshots": 4, "rank": 3, "num_samples": 4}}
+    ),  # last-layer Laplace, prior precision chosen on the validation split
     "softmax-energy": BenchMethod("posthoc_score", config={"kind": "energy"}),
     "softmax-max-logit": BenchMethod("posthoc_score", config={"kind": "max_logit"}),
     "mahalanobis": BenchMethod("posthoc_score", config={"kind": "mahalanobis"}),

@@ -38,8 +38,11 @@ from credo.uncertainty.quantile import QuantileRegression, QuantileRegressionCon
 from credo.uncertainty.regression import RegressionConfig, RegressionMethod, central_interval
 from credo.uncertainty.sngp import SNGP, SNGPConfig
 from credo.uncertainty.softmax import Softmax, SoftmaxConfig
+from credo.uncertainty.swag import SWAG, SWAGConfig
 
 __all__ = [
+    "SWAG",
+    "SWAGConfig",
     "LastLayerLaplace",
     "LastLayerLaplaceConfig",
     "PostHocScore",

@@ -493,7 +493,10 @@ def state_mismatch(method: UncertaintyMethod, state: dict[str, Tensor]) -> str |
     cfg = method.config.backbone
     reasons = []
     if reshaped:
-        pairs = {(tuple(own[k].shape), tuple(state[k].shape)) for k in reshaped}
+        # the diagnosis reads the weights; buffers derived from their sizes (SWAG's moments) differ alongside
+        weights = {k for k, _ in method.model.named_parameters()}
+        shown = [k for k in reshaped if k in weights] or reshaped
+        pairs = {(tuple(own[k].shape), tuple(state[k].shape)) for k in shown}
         # only the input layers (one per ensemble member) differ, and only in their input width
         only_width = all(len(a) == len(b) >= 2 and a[:1] + a[2:] == b[:1] + b[2:] for a, b in pairs)
         widths = {b[1] for _, b in pairs} if only_width else set()
