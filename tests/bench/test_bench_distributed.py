@@ -19,7 +19,7 @@ def test_two_process_bench_writes_once_and_matches_one_process(one_and_two_proce
     ranks = [json.loads(Path(f"{two}.rank{r}.json").read_text()) for r in (0, 1)]
     assert ranks[1]["moved"] == []  # process 1 trained its shards and wrote nothing
     written = {str(Path(p).relative_to(two)) for p in ranks[0]["moved"]}
-    expected = {"run.json", "results.json", "table.md", "report.html"}
+    expected = {"run.json", "results.json", "table.md", "report.html", "leaderboard.md"}  # a binary task
     expected |= {f"cells/softmax/seed{s}.{ext}" for s in (0, 1) for ext in ("json", "npz")}
     assert expected <= written and all(p.startswith("checkpoints/") for p in written - expected)
     assert ranks[0]["computed"] == ranks[1]["computed"] == [["softmax", 0], ["softmax", 1]]
