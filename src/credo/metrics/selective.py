@@ -89,17 +89,19 @@ def referral_curve(
     return ReferralCurve(fr, acc, auc, kept)
 
 
+def _retained_errors(correct: np.ndarray, uncertainty: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For each k, the errors in and the size of ``S_k = {i : u_i <= u_(k)}`` (a tie group enters whole)."""
+    order = np.argsort(uncertainty, kind="stable")
+    u, err = uncertainty[order], (~correct[order]).astype(np.float64)
+    group_end = np.searchsorted(u, u, side="right")  # 1-based end index of each tie group
+    return np.cumsum(err)[group_end - 1], group_end
+
+
 def aurc_from_correct(correct: np.ndarray, uncertainty: np.ndarray) -> float:
     """AURC from per-example correctness [N] (bool) and uncertainty [N]; see
     :func:`area_under_risk_coverage`."""
-    order = np.argsort(uncertainty, kind="stable")
-    u, err = uncertainty[order], (~correct[order]).astype(np.float64)
-    n = u.size
-    cum_err = np.cumsum(err)
-    # For each k, the retained set is every example with u <= u_(k): the end of k's tie group.
-    group_end = np.searchsorted(u, u, side="right")  # 1-based end index of each tie group
-    risk = cum_err[group_end - 1] / group_end
-    return float(risk.sum() / n)
+    errors, kept = _retained_errors(correct, uncertainty)
+    return float((errors / kept).sum() / kept.size)
 
 
 def area_under_risk_coverage(probs: ArrayLike, labels: ArrayLike, uncertainty: ArrayLike) -> float:
@@ -117,12 +119,8 @@ def area_under_risk_coverage(probs: ArrayLike, labels: ArrayLike, uncertainty: A
 def augrc_from_correct(correct: np.ndarray, uncertainty: np.ndarray) -> float:
     """AUGRC from per-example correctness [N] (bool) and uncertainty [N]; see
     :func:`area_under_generalized_risk_coverage`."""
-    order = np.argsort(uncertainty, kind="stable")
-    u, err = uncertainty[order], (~correct[order]).astype(np.float64)
-    n = u.size
-    cum_err = np.cumsum(err)
-    group_end = np.searchsorted(u, u, side="right")
-    return float((cum_err[group_end - 1] / n).sum() / n)
+    errors, kept = _retained_errors(correct, uncertainty)
+    return float((errors / kept.size).sum() / kept.size)
 
 
 def area_under_generalized_risk_coverage(
