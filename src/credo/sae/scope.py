@@ -387,6 +387,7 @@ class ScopeTrainer:
         ``input_scale_batches``, at most the run); only sums are kept, so memory does not grow with sites.
         Under torchrun every rank reads those batches (the stream is collective) if any rank needs them."""
         from credo.sae.train_config import SAETrainConfig
+        from credo.sae.train_source import scale_sums
 
         if self._all_min(0 if sites else 1):
             return  # no rank has a fresh site
@@ -394,10 +395,7 @@ class ScopeTrainer:
         sums = {site: torch.zeros(2, dtype=torch.float64) for site in sites}
         for _, batch in zip(range(n), self.stream.batches(0), strict=False):
             for site in sites:
-                x = batch[site][torch.isfinite(batch[site]).all(1)].double()
-                sums[site] += torch.stack(
-                    (x.square().sum(), torch.tensor(float(len(x)), dtype=torch.float64))
-                )
+                sums[site] += scale_sums(batch[site])
         for site in sites:
             total, count = sums[site].tolist()
             if not (count and total > 0):

@@ -84,12 +84,15 @@ def sae_config(cfg: SAETrainConfig, spec: SAESpec, meta: dict, d_in: int, width:
     )  # fmt: skip
 
 
+def scale_sums(x: Tensor) -> Tensor:
+    """``[sum ||x||^2, rows]`` over the finite rows of a batch (float64), the terms of :func:`input_scale`."""
+    x = x[torch.isfinite(x).all(1)].double()
+    return torch.stack((x.square().sum(), torch.tensor(float(len(x)), dtype=torch.float64)))
+
+
 def input_scale(head: list[Tensor], world: int, device: torch.device) -> float:
     """``s = 1 / sqrt(mean ||x||^2)`` over the finite rows of ``head``, pooled over ranks."""
-    sums = torch.zeros(2, dtype=torch.float64)
-    for x in head:
-        x = x[torch.isfinite(x).all(1)].double()
-        sums += torch.stack((x.square().sum(), torch.tensor(float(len(x)), dtype=torch.float64)))
+    sums = sum((scale_sums(x) for x in head), torch.zeros(2, dtype=torch.float64))
     if world > 1:
         sums = sums.to(device)
         dist.all_reduce(sums)
